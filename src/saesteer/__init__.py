@@ -1,0 +1,2 @@
+"""saesteer: steer language models through the features of sparse autoencoders."""
+__version__ = "0.1.0"

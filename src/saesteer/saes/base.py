@@ -1,0 +1,214 @@
+"""The one SAE interface that every format loads into.
+
+Shapes follow SAELens: ``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]`` (row j is feature j's decoder
+direction). Semantics follow OpenAI's reference ``Autoencoder`` where the two agree:
+
+* ``layer_norm`` normalisation (OpenAI v5): ``mu = x.mean(-1)``, ``std = x.std(-1)`` (unbiased),
+  ``x_n = (x - mu) / (std + 1e-5)``; decode multiplies back by ``std`` and adds ``mu`` from the *same* token.
+* encode: ``pre = (x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``, then the activation
+  (``relu``; ``topk``: keep the k largest pre-activations, ReLU them; ``jumprelu``: ``pre * (pre > threshold)``).
+* decode: ``x_hat = z @ W_dec + b_dec``, then de-normalise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from saesteer.errors import SaesteerError
+
+ACTIVATIONS = ("relu", "topk", "jumprelu")
+NORMALIZATIONS = ("none", "layer_norm")
+LN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """What an SAE is, independent of where its weights came from."""
+
+    d_in: int
+    d_sae: int
+    activation: str = "relu"
+    """``relu`` (OpenAI v1/v4, SAELens standard), ``topk`` (OpenAI v5) or ``jumprelu``."""
+    k: int | None = None
+    """Number of active latents for ``topk``."""
+    normalize: str = "none"
+    """``layer_norm`` for OpenAI v5: inputs are layer-normalised and decode uses the same stats."""
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` (OpenAI's ``pre_bias``) before encoding."""
+    hook_name: str | None = None
+    """TransformerLens hook name the SAE was trained on, e.g. ``blocks.6.hook_resid_post``."""
+    source: str = ""
+    """The spec or path it was loaded from, for manifests and messages."""
+    extra: dict = field(default_factory=dict, compare=False)
+    """Format-specific facts kept for reference (family, model name, ...)."""
+
+    def __post_init__(self):
+        if self.activation not in ACTIVATIONS:
+            raise SaesteerError(f"unknown SAE activation {self.activation!r}; expected one of {ACTIVATIONS}")
+        if self.normalize not in NORMALIZATIONS:
+            raise SaesteerError(
+                f"unsupported SAE normalisation {self.normalize!r}; saesteer supports {NORMALIZATIONS}"
+            )
+        if self.activation == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
+            raise SaesteerError(f"a TopK SAE needs 0 < k <= d_sae, got k={self.k}, d_sae={self.d_sae}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+NormStats = tuple[Tensor, Tensor] | None
+"""Per-token ``(mu, std)`` of layer-norm normalisation, each ``[..., 1]``; None without normalisation."""
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder: ``encode``, ``decode``, decoder directions, ``d_in``, ``d_sae``, ``hook_name``."""
+
+    def __init__(
+        self,
+        cfg: SAEConfig,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        threshold: Tensor | None = None,
+    ):
+        super().__init__()
+        expect = {
+            "W_enc": (cfg.d_in, cfg.d_sae),
+            "b_enc": (cfg.d_sae,),
+            "W_dec": (cfg.d_sae, cfg.d_in),
+            "b_dec": (cfg.d_in,),
+        }
+        got = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+        for name, shape in expect.items():
+            if tuple(got[name].shape) != shape:
+                raise SaesteerError(
+                    f"SAE weight {name} has shape {tuple(got[name].shape)}, expected {shape}; the file is"
+                    " corrupt or its config does not match its weights"
+                )
+        if cfg.activation == "jumprelu":
+            if threshold is None or tuple(threshold.shape) != (cfg.d_sae,):
+                raise SaesteerError("a JumpReLU SAE needs a 'threshold' tensor of shape [d_sae]")
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(W_enc.detach().clone(), requires_grad=False)
+        self.b_enc = nn.Parameter(b_enc.detach().clone(), requires_grad=False)
+        self.W_dec = nn.Parameter(W_dec.detach().clone(), requires_grad=False)
+        self.b_dec = nn.Parameter(b_dec.detach().clone(), requires_grad=False)
+        if threshold is not None:
+            self.threshold = nn.Parameter(threshold.detach().clone(), requires_grad=False)
+        else:
+            self.threshold = None
+
+    # ----------------------------------------------------------------- facts
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def hook_name(self) -> str | None:
+        return self.cfg.hook_name
+
+    @property
+    def decoder_directions(self) -> Tensor:
+        """``[d_sae, d_in]``: row j is what latent j adds (in normalised space) per unit of activation."""
+        return self.W_dec
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_enc.dtype
+
+    def with_hook(self, hook_name: str) -> "SAE":
+        """Return this SAE (same weights) with ``hook_name`` set, for files that do not name their hook."""
+        from dataclasses import replace
+
+        self.cfg = replace(self.cfg, hook_name=hook_name)
+        return self
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        act = f"topk(k={c.k})" if c.activation == "topk" else c.activation
+        return f"SAE(d_in={c.d_in}, d_sae={c.d_sae}, {act}, normalize={c.normalize}, hook={c.hook_name!r})"
+
+    # ----------------------------------------------------------------- maths
+    def norm_stats(self, x: Tensor) -> NormStats:
+        """Per-token layer-norm statistics, or None if the SAE does not normalise its inputs."""
+        if self.cfg.normalize != "layer_norm":
+            return None
+        mu = x.mean(dim=-1, keepdim=True)
+        std = x.std(dim=-1, keepdim=True)
+        return mu, std
+
+    def normalize(self, x: Tensor, stats: NormStats) -> Tensor:
+        if stats is None:
+            return x
+        mu, std = stats
+        return (x - mu) / (std + LN_EPS)
+
+    def denormalize(self, x_n: Tensor, stats: NormStats) -> Tensor:
+        if stats is None:
+            return x_n
+        mu, std = stats
+        return x_n * std + mu
+
+    def encode_pre_act(self, x: Tensor, stats: NormStats | str = "compute") -> Tensor:
+        """Pre-activations ``[..., d_sae]`` of raw inputs ``x [..., d_in]``."""
+        if isinstance(stats, str):
+            stats = self.norm_stats(x)
+        x_n = self.normalize(x.to(self.dtype), stats)
+        if self.cfg.apply_b_dec_to_input:
+            x_n = x_n - self.b_dec
+        return x_n @ self.W_enc + self.b_enc
+
+    def activate(self, pre: Tensor) -> Tensor:
+        """Latents from pre-activations, by the SAE's activation function."""
+        act = self.cfg.activation
+        if act == "relu":
+            return torch.relu(pre)
+        if act == "topk":
+            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
+            z = torch.zeros_like(pre)
+            return z.scatter_(-1, indices, torch.relu(values))
+        return pre * (pre > self.threshold)
+
+    def encode_with_stats(self, x: Tensor) -> tuple[Tensor, NormStats]:
+        """Latents ``[..., d_sae]`` and the normalisation stats that ``decode`` needs for these tokens."""
+        stats = self.norm_stats(x.to(self.dtype))
+        return self.activate(self.encode_pre_act(x, stats)), stats
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encode_with_stats(x)[0]
+
+    def decode(self, z: Tensor, stats: NormStats = None) -> Tensor:
+        """Reconstruction ``[..., d_in]``; pass the ``stats`` of the same tokens' encode for v5 SAEs."""
+        if stats is None and self.cfg.normalize == "layer_norm":
+            raise SaesteerError(
+                "this SAE normalises its inputs: decode needs the (mu, std) of the same tokens;"
+                " use encode_with_stats() or reconstruct()"
+            )
+        return self.denormalize(z @ self.W_dec + self.b_dec, stats)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        z, stats = self.encode_with_stats(x)
+        return self.decode(z, stats).to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reconstruct(x)
+
+    def check_feature(self, feature: int) -> int:
+        """Validate a feature index against ``[0, d_sae)`` with a one-line error."""
+        if isinstance(feature, bool) or not isinstance(feature, int):
+            raise SaesteerError(f"feature must be an integer, got {feature!r}")
+        if not 0 <= feature < self.d_sae:
+            raise SaesteerError(f"feature {feature} is outside [0, {self.d_sae}) for this SAE")
+        return feature

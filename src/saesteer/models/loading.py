@@ -1,0 +1,152 @@
+"""Load a Hugging Face causal LM and its tokenizer, or wrap a model the user already holds."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from saesteer.errors import SaesteerError
+
+ALIASES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise SaesteerError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``auto`` picks CUDA when present, else CPU; a CUDA request without CUDA is a clear error."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SaesteerError("--device cuda was asked for, but this machine has no CUDA GPU; use --device cpu")
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode with the facts steering needs: tokenizer, BOS/EOS/pad ids, device, name."""
+
+    model: nn.Module
+    tokenizer: object | None
+    name: str
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def encode(self, text: str, *, prepend_bos: bool = True) -> list[int]:
+        """Token ids of ``text``, with the BOS token in front by default (as TransformerLens does)."""
+        if self.tokenizer is None:
+            raise SaesteerError("this model has no tokenizer; pass token ids, or load it with a tokenizer")
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+        if prepend_bos:
+            if self.bos_token_id is None:
+                raise SaesteerError("this model has no BOS token; pass prepend_bos=False or a prompt")
+            ids = [self.bos_token_id] + ids
+        if not ids:
+            raise SaesteerError("the prompt is empty and BOS is turned off: nothing to generate from")
+        return ids
+
+    def decode(self, ids) -> str:
+        if self.tokenizer is None:
+            return " ".join(str(int(i)) for i in ids)
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_strings(self, ids) -> list[str]:
+        """Each token on its own, as text (for tables and logit-lens lists)."""
+        return [self.decode([int(i)]) for i in ids]
+
+
+def _first_id(value) -> int | None:
+    if isinstance(value, (list, tuple)):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def wrap_model(model: nn.Module, tokenizer=None, *, name: str | None = None) -> LoadedModel:
+    """Use a model object the user already holds (any HF causal LM with a known hook-site mapping)."""
+    model.eval()
+    config = getattr(model, "config", None)
+    bos = _first_id(getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None)
+    if bos is None:
+        bos = _first_id(getattr(config, "bos_token_id", None))
+    eos = _first_id(getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None)
+    if eos is None:
+        eos = _first_id(getattr(config, "eos_token_id", None))
+    pad = _first_id(getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None)
+    if pad is None:
+        pad = eos if eos is not None else (bos if bos is not None else 0)
+    name = name or getattr(config, "_name_or_path", None) or type(model).__name__
+    return LoadedModel(model=model, tokenizer=tokenizer, name=str(name), bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_model(
+    name_or_path: str = "gpt2-small",
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """Load ``gpt2-small``/``gpt2`` (hub ``openai-community/gpt2``), any hub id, or a local HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    repo = ALIASES.get(name_or_path, name_or_path)
+    local = Path(name_or_path).expanduser()
+    is_local = local.exists()
+    looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if not is_local and looks_like_path:
+        raise SaesteerError(f"model directory {name_or_path!r} does not exist; pass a Hugging Face model directory")
+    source = str(local) if is_local else repo
+    torch_dtype = parse_dtype(dtype) or torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError):
+            tokenizer = None
+    except OSError as exc:
+        hint = (
+            "it is not in the local Hugging Face cache and the hub is unreachable (offline)"
+            if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+            else str(exc).splitlines()[0]
+        )
+        raise SaesteerError(
+            f"could not load model {source!r}: {hint}; download it where the hub is reachable, or pass a"
+            " local Hugging Face directory with --model PATH"
+        ) from None
+    model.to(resolve_device(device))
+    return wrap_model(model, tokenizer, name=name_or_path)
+
+
+def as_loaded(model, tokenizer=None, *, device="cpu", dtype=None) -> LoadedModel:
+    """Accept a name/path, a LoadedModel, or a raw model object; return a LoadedModel."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(str(model), device=device, dtype=dtype)
+    return wrap_model(model, tokenizer)

@@ -1,0 +1,34 @@
+"""The generation engine: ``generate_ids`` picks the fast exact decoder where it applies, else the
+reference loop over the Hugging Face forward (``engine.generate``)."""
+
+from __future__ import annotations
+
+from saesteer.engine.generate import GenerationConfig, full_forward_argmax, generate_ids as reference_generate_ids
+
+__all__ = ["GenerationConfig", "generate_ids", "reference_generate_ids", "full_forward_argmax"]
+
+
+def generate_ids(model, prompts, config: GenerationConfig = GenerationConfig(), *, edits=(), eos_token_id=None,
+                 pad_token_id: int = 0, on_step=None, engine: str = "auto", dtype=None, batch_size: int | None = None):
+    """Generate ids for each prompt (see ``engine.generate.generate_ids``).
+
+    ``engine``: ``auto`` (fast decoder where the model and settings allow, else reference), ``fast`` or
+    ``reference``. ``dtype`` (fast engine only): compute dtype, e.g. ``torch.bfloat16``. ``batch_size``
+    (fast engine only): rows per chunk; chosen from memory when None.
+    """
+    use_fast = False
+    if engine in ("auto", "fast"):
+        try:
+            from saesteer.engine import fast
+        except ImportError:  # the fast decoder is optional
+            fast = None
+        use_fast = fast is not None and fast.supports(model, config)
+        if engine == "fast" and not use_fast:
+            from saesteer.errors import SaesteerError
+
+            raise SaesteerError("the fast engine does not support this model or these settings; use engine='reference'")
+    if use_fast:
+        return fast.generate_ids_fast(model, prompts, config, edits=edits, eos_token_id=eos_token_id,
+                                      pad_token_id=pad_token_id, on_step=on_step, dtype=dtype, batch_size=batch_size)
+    return reference_generate_ids(model, prompts, config, edits=edits, eos_token_id=eos_token_id,
+                                  pad_token_id=pad_token_id, on_step=on_step)

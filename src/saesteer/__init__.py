@@ -1,2 +1,33 @@
-"""saesteer: steer language models through the features of sparse autoencoders."""
+"""saesteer: steer language models through the features of sparse autoencoders.
+
+The main entry points:
+
+* ``Steerer(model, sae)``: record, reconstruct, generate and clamp in a few calls.
+* ``load_model``, ``load_sae``: the pieces on their own.
+* ``record``, ``edit``, ``clamp``, ``hooks``: context managers that add hooks and always remove them.
+* ``generate_ids`` and ``GenerationConfig``: the generation engine over token ids.
+"""
+
 __version__ = "0.1.0"
+
+from saesteer.engine import GenerationConfig, generate_ids
+from saesteer.errors import SaesteerError
+from saesteer.models.loading import LoadedModel, load_model, wrap_model
+from saesteer.saes.base import SAE, SAEConfig
+from saesteer.steerer import Generation, Steerer
+from saesteer.steering.clamp import FeatureClamp, SAEClamp
+from saesteer.steering.hooks import clamp, edit, hooks, record
+
+
+def load_sae(spec, **kwargs) -> SAE:
+    """Load an SAE from a spec or path (see ``saesteer.saes.registry.load_sae``)."""
+    from saesteer.saes import load_sae as _load
+
+    return _load(spec, **kwargs)
+
+
+__all__ = [
+    "SAE", "SAEConfig", "SAEClamp", "FeatureClamp", "Generation", "GenerationConfig", "LoadedModel",
+    "SaesteerError", "Steerer", "clamp", "edit", "generate_ids", "hooks", "load_model", "load_sae", "record",
+    "wrap_model",
+]

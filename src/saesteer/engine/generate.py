@@ -102,9 +102,12 @@ def select_next(logits: Tensor, config: GenerationConfig, generators: list[torch
         keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # the token that crosses top_p stays
         sorted_p = sorted_p * keep
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_p)
-    probs_cpu = probs.cpu()
-    out = [torch.multinomial(probs_cpu[b], 1, generator=generators[b]) for b in range(probs_cpu.shape[0])]
-    return torch.cat(out).to(logits.device)
+    # Inverse-CDF sampling: one uniform draw per row from that row's generator (fast, and independent
+    # of batch composition).
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators]).to(logits.device)
+    cdf = probs.double().cumsum(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
+    return picked.clamp(max=probs.shape[-1] - 1)
 
 
 def _cache_kwarg(model: nn.Module) -> str:

@@ -1,0 +1,109 @@
+"""The reference engine: exact against full-forward argmax, batching-invariant, cache-invariant."""
+
+import pytest
+import torch
+
+from saesteer.engine.generate import GenerationConfig, full_forward_argmax, generate_ids
+from saesteer.errors import SaesteerError
+from saesteer.steering.hooks import make_clamp
+
+EOS = 50256
+PROMPTS = [[EOS], [EOS, 39, 42661, 318], [EOS, 464, 3290], [EOS, 40, 588, 262, 3797, 780]]
+
+
+def gen(model, prompts, config=GenerationConfig(), edits=(), eos=EOS):
+    return generate_ids(model, prompts, config, edits=edits, eos_token_id=eos, pad_token_id=EOS)
+
+
+def test_bos_only_equals_full_forward_argmax(tiny_gpt2):
+    out = gen(tiny_gpt2, [[EOS]], GenerationConfig(max_new_tokens=10, stop_at_eos=False))
+    assert out[0] == full_forward_argmax(tiny_gpt2, [EOS], 10)
+    assert len(set(out[0])) > 1  # a real continuation, not a constant
+
+
+def test_batch_of_different_lengths_equals_each_alone(tiny_gpt2):
+    together = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=8))
+    for p, row in zip(PROMPTS, together):
+        assert row == gen(tiny_gpt2, [p], GenerationConfig(max_new_tokens=8))[0]
+        assert row == full_forward_argmax(tiny_gpt2, p, 8, eos_token_id=EOS)
+
+
+def test_cached_equals_uncached_with_per_row_clamps(tiny_gpt2, tiny_sae):
+    rows = [[(3, 20.0)], [(5, -10.0)], [], [(7, 15.0), (9, 5.0)]]
+    cached = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=8), [make_clamp(tiny_gpt2, tiny_sae, rows=rows)])
+    uncached = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=8, use_cache=False),
+                   [make_clamp(tiny_gpt2, tiny_sae, rows=rows)])
+    assert cached == uncached
+    for p, r, row in zip(PROMPTS, rows, cached):
+        alone = full_forward_argmax(tiny_gpt2, p, 8, edits=[make_clamp(tiny_gpt2, tiny_sae, r)], eos_token_id=EOS)
+        assert row == alone
+    assert cached[0] != gen(tiny_gpt2, PROMPTS[:1], GenerationConfig(max_new_tokens=8))[0]
+
+
+def test_clamp_applies_at_every_position_and_every_cached_step(tiny_gpt2):
+    shapes = []
+
+    def spy(act):
+        shapes.append(tuple(act.shape[:2]))
+        return None
+
+    gen(tiny_gpt2, [[EOS], [EOS, 39, 42661]], GenerationConfig(max_new_tokens=4, stop_at_eos=False),
+        [("blocks.6.hook_resid_post", spy)])
+    assert shapes == [(2, 3), (2, 1), (2, 1), (2, 1)]
+
+
+def test_rows_stop_at_eos_and_leave_the_batch(tiny_gpt2):
+    # Make EOS the argmax for row 0 only after 2 steps by using the token it emits as "EOS".
+    first = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=6, stop_at_eos=False), eos=None)
+    fake_eos = first[1][2]
+    batch_sizes = []
+
+    def spy(act):
+        batch_sizes.append(act.shape[0])
+
+    out = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=6), [("blocks.0.hook_resid_post", spy)], eos=fake_eos)
+    for full, cut in zip(first, out):
+        stop = full.index(fake_eos) + 1 if fake_eos in full else len(full)
+        assert cut == full[:stop]
+    assert out[1][-1] == fake_eos and len(out[1]) <= 3
+    assert min(batch_sizes) < len(PROMPTS)  # finished rows left the batch
+
+
+def test_sampling_is_seeded_per_row(tiny_gpt2):
+    cfg = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=7, stop_at_eos=False)
+    a = gen(tiny_gpt2, PROMPTS, cfg)
+    b = gen(tiny_gpt2, PROMPTS, cfg)
+    assert a == b
+    assert gen(tiny_gpt2, PROMPTS[:2], cfg) == a[:2]  # a row's sample does not depend on the rest
+    c = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=6, temperature=1.0, seed=8, stop_at_eos=False))
+    assert c != a
+
+
+def test_top_p_tiny_is_greedy(tiny_gpt2):
+    greedy = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=5, stop_at_eos=False))
+    nucleus = gen(tiny_gpt2, PROMPTS, GenerationConfig(max_new_tokens=5, temperature=1.0, top_p=1e-6, seed=1,
+                                                         stop_at_eos=False))
+    assert nucleus == greedy
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -1}, {"top_p": 0}, {"top_p": 1.5}, {"max_new_tokens": -1},
+                                    {"temperature": float("nan")}])
+def test_config_validation(kwargs):
+    with pytest.raises(SaesteerError):
+        GenerationConfig(**kwargs)
+
+
+def test_empty_prompt_rejected(tiny_gpt2):
+    with pytest.raises(SaesteerError, match="at least one token"):
+        gen(tiny_gpt2, [[]])
+
+
+def test_sampling_follows_the_distribution():
+    from saesteer.engine.generate import row_generators, select_next
+
+    logits = torch.tensor([[0.0, 1.0, 3.0]]).log()  # probabilities 0, 1/4, 3/4
+    gens = row_generators(3, 1)
+    cfg = GenerationConfig(temperature=1.0, seed=3)
+    counts = torch.bincount(torch.cat([select_next(logits, cfg, gens) for _ in range(4000)]), minlength=3)
+    assert counts[0] == 0
+    assert 850 < counts[1] < 1150 and 2850 < counts[2] < 3150

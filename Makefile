@@ -1,0 +1,27 @@
+# Set-up, tests, demo and benchmarks. Every target sets up the virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= test,oracle,web,docs
+
+.PHONY: setup test demo bench docs clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/saesteer demo $(DEMO_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/sweep_speed.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist site .pytest_cache

@@ -1,0 +1,135 @@
+"""Core commands: generate, reconstruct, batch, demo."""
+
+from __future__ import annotations
+
+import click
+
+from saesteer.cli.options import build_steerer, echo_json, model_options
+from saesteer.errors import SaesteerError
+from saesteer.steering.clamp import MODES, parse_clamp
+
+
+def parse_range(text: str, limit: int) -> range:
+    """``START:STOP`` (or ``all``) -> range, validated against ``[0, limit)``."""
+    if text == "all":
+        return range(limit)
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        r = range(int(start) if start else 0, int(stop) if stop else limit)
+    except ValueError:
+        raise SaesteerError(f"bad feature range {text!r}; write START:STOP, e.g. 0:64, or 'all'") from None
+    if r.start < 0 or r.stop > limit or len(r) == 0:
+        raise SaesteerError(f"feature range {text!r} must be a non-empty part of [0, {limit})")
+    return r
+
+
+def generation_options(func):
+    func = click.option("--max-new-tokens", default=10, show_default=True, type=click.IntRange(0, 4096))(func)
+    func = click.option("--temperature", default=0.0, show_default=True, type=float,
+                        help="0 = greedy (argmax); above 0 samples.")(func)
+    func = click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling threshold.")(func)
+    func = click.option("--seed", default=None, type=int, help="Seed for sampling.")(func)
+    func = click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
+                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z').")(func)
+    return func
+
+
+@click.command()
+@model_options
+@click.option("--prompt", default=None, help="Text to continue; without it, generation starts from BOS alone.")
+@click.option("--clamp", "clamps", multiple=True, metavar="FEATURE=VALUE", help="Clamp an SAE feature (repeatable).")
+@generation_options
+@click.option("--no-bos", is_flag=True, help="Do not put the BOS token in front of the prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def generate(model, sae, hook, device, prompt, clamps, max_new_tokens, temperature, top_p, seed, mode, no_bos, as_json):
+    """Continue a prompt (or BOS alone), optionally with SAE features clamped."""
+    parsed = [parse_clamp(c) for c in clamps]
+    st = build_steerer(model, sae, hook, device)
+    result = st.generate(prompt, clamps=parsed or None, mode=mode, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, prepend_bos=not no_bos)
+    if as_json:
+        echo_json({
+            "model": model, "sae": sae, "hook": st.hook_name, "mode": mode, "prompt": prompt,
+            "clamps": [c.to_dict() for c in parsed], "prompt_tokens": result.prompt_tokens,
+            "tokens": result.tokens, "text": result.text,
+            "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
+        })
+        return
+    shown = prompt if prompt else "<BOS>"
+    click.echo(click.style(shown, bold=True) + result.text)
+
+
+@click.command()
+@model_options
+@click.option("--prompt", required=True, help="Text whose activations to reconstruct.")
+@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--json", "as_json", is_flag=True)
+def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
+    """Record the activation at the SAE's hook, reconstruct it, and report the quality."""
+    st = build_steerer(model, sae, hook, device)
+    report = st.reconstruct(prompt, top_n=top_n)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    s = report.stats
+    click.echo(f"hook                {report.hook}")
+    click.echo(f"next token          {report.next_token!r}")
+    click.echo(f"activation norm     {s.activation_norm:.4f}   (mean over {s.n_tokens} tokens, BOS excluded)")
+    click.echo(f"MSE                 {s.mse:.6f}")
+    click.echo(f"variance explained  {s.variance_explained:.4f}")
+    click.echo(f"cosine similarity   {s.cosine:.4f}")
+    click.echo(f"L0                  {s.l0:.1f}")
+    click.echo("top features at the last token: " + ", ".join(f"{f} ({v:.2f})" for f, v in report.top_features))
+
+
+@click.command()
+@model_options
+@click.option("--features", "features", required=True, help="START:STOP; row b clamps feature START + offset + b.")
+@click.option("--offset", default=0, show_default=True, type=int, help="Added to every feature index.")
+@click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value for every feature.")
+@click.option("--prompt", default=None, help="Prompt for every row (default: BOS alone).")
+@generation_options
+@click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20), help="Rows per forward (default: chosen from memory).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Output .txt: FEATURE<TAB>TEXT per line.")
+def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tokens, temperature, top_p, seed, mode,
+          batch_size, out):
+    """One row per feature, each clamped to VALUE, from BOS (or a prompt); save one line per feature."""
+    from saesteer.io import atomic_write_text
+    from saesteer.steering.clamp import FeatureClamp
+
+    FeatureClamp(0, value)  # validates the value
+    st = build_steerer(model, sae, hook, device)
+    r = parse_range(features, st._need_sae().d_sae)
+    feats = [f + offset for f in r]
+    for f in feats:
+        st.sae.check_feature(f)
+    results = st.batch_features(feats, value, prompt=prompt, mode=mode, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+    lines = [f"{f}\t{escape_text(g.text)}" for f, g in zip(feats, results)]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    click.echo(f"wrote {len(lines)} sentences to {out}")
+
+
+def escape_text(text: str) -> str:
+    """One line per result: backslashes, newlines, carriage returns and tabs escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+@click.command()
+@model_options
+@click.option("--feature", default=None, type=int, help="Feature to clamp in the steering steps (default: the most active one).")
+@click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value in the steering steps.")
+@click.option("--prompt", default="Happiness is", show_default=True)
+@click.option("--out", "out", default="demo_sentences.txt", show_default=True, type=click.Path(dir_okay=False),
+              help="Where step 9 saves its sentences.")
+def demo(model, sae, hook, device, feature, value, prompt, out):
+    """Walk through the practical session, step by step."""
+    from saesteer.cli.demo import run_demo
+
+    run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, prompt=prompt, out=out,
+             model_name=model, sae_name=sae)
+
+
+COMMANDS = [generate, reconstruct, batch, demo]

@@ -1,0 +1,73 @@
+"""``saesteer demo``: the practical session's walkthrough, one heading per step, readable output."""
+
+from __future__ import annotations
+
+import click
+
+from saesteer.io import atomic_write_text
+from saesteer.steerer import Steerer
+
+
+def _heading(n: int, title: str) -> None:
+    click.echo()
+    click.echo(click.style(f"== Step {n}: {title}", bold=True, fg="cyan"))
+
+
+def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str, out: str, model_name: str,
+             sae_name: str, n_batch: int = 8) -> None:
+    sae = st._need_sae()
+    _heading(0, "load a model and an SAE")
+    click.echo(f"model {model_name} ({sum(p.numel() for p in st.model.parameters()):,} parameters)")
+    click.echo(f"SAE   {sae_name}: {sae}")
+
+    _heading(1, f"record the activation at {st.hook_name}")
+    run = st.run(prompt)
+    click.echo(f"prompt tokens {run.prompt_tokens}; activation shape {tuple(run.activation.shape)}")
+
+    _heading(2, f"run {prompt!r}: next token and activation")
+    act = run.activation[-1]
+    click.echo(f"next predicted token: {run.next_token!r} (id {run.next_token_id})")
+    click.echo(f"activation at the last position: norm {float(act.norm()):.3f}, first values "
+               + ", ".join(f"{float(v):.3f}" for v in act[:6]))
+
+    _heading(3, "reconstruct it with the SAE")
+    rec = st.reconstruct(prompt)
+    s = rec.stats
+    click.echo(f"MSE {s.mse:.5f} | variance explained {s.variance_explained:.3f} | cosine {s.cosine:.3f} | L0 {s.l0:.1f}")
+    click.echo("most active features: " + ", ".join(f"{f} ({v:.2f})" for f, v in rec.top_features[:5]))
+    if feature is None:
+        feature = rec.top_features[0][0] if rec.top_features else 0
+    sae.check_feature(feature)
+
+    _heading(4, "generate 10 tokens greedily")
+    plain = st.generate(prompt)
+    click.echo(f"{prompt}{plain.text}")
+
+    _heading(5, "edit the activation during generation (multiply by -10)")
+    edited = st.generate(prompt, edit=lambda a: a * -10)
+    click.echo(f"{prompt}{edited.text}")
+
+    _heading(6, f"clamp feature {feature} to {value}")
+    for mode in ("delta", "reconstruct"):
+        g = st.generate(prompt, clamps={feature: value}, mode=mode)
+        click.echo(f"[{mode:11s}] {prompt}{g.text}")
+
+    _heading(7, f"generate from BOS alone with feature {feature} clamped")
+    click.echo(f"unsteered: <BOS>{st.generate(None).text}")
+    click.echo(f"steered:   <BOS>{st.generate(None, clamps={feature: value}).text}")
+
+    _heading(8, f"a batch of {n_batch} BOS-only rows, sampled (temperature 1, seed 0)")
+    for g in st.generate_many([None] * n_batch, clamps={feature: value}, temperature=1.0, seed=0):
+        click.echo(f"  <BOS>{g.text!r}")
+
+    _heading(9, f"a different feature in each row (features {feature}..{feature + n_batch - 1}), saved to {out}")
+    feats = [f for f in range(feature, feature + n_batch) if f < sae.d_sae]
+    results = st.batch_features(feats, value)
+    from saesteer.cli.core_commands import escape_text
+
+    atomic_write_text(out, "".join(f"{f}\t{escape_text(g.text)}\n" for f, g in zip(feats, results)))
+    for f, g in zip(feats, results):
+        click.echo(f"  {f:>6}  {g.text!r}")
+    click.echo()
+    click.echo("Next: `saesteer sweep --features 0:1024 --out sweep/` explores features at scale,"
+               " and `saesteer compare` puts steered and unsteered text side by side.")

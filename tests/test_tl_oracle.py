@@ -1,0 +1,91 @@
+"""Captured activations equal TransformerLens 3.9's on the same weights without weight processing.
+
+TransformerLens is a test-only oracle (the `oracle` extra); the test skips with a reason where it is absent.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from conftest import make_tiny_gpt2
+from saesteer.steering.hooks import record
+
+tl = pytest.importorskip("transformer_lens", reason="TransformerLens 3.9 (the 'oracle' extra) is not installed")
+
+SITES = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"]
+
+
+def tl_gpt2(hf_model):
+    """A HookedTransformer with the HF GPT-2's weights, loaded as from_pretrained_no_processing does."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.n_layer, d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=4 * c.n_embd,
+        d_vocab=c.vocab_size, n_ctx=c.n_positions, act_fn="gelu_new", normalization_type="LN", eps=c.layer_norm_epsilon,
+        original_architecture="GPT2LMHeadModel", default_prepend_bos=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg)
+        model.load_and_process_state_dict(convert_gpt2_weights(hf_model, cfg), fold_ln=False,
+                                          center_writing_weights=False, center_unembed=False,
+                                          fold_value_biases=False)
+    return model.eval()
+
+
+def compare(hf_model, tl_model, ids, layers, atol):
+    names = [f"blocks.{l}.{s}" for l in layers for s in SITES]
+    with torch.no_grad(), record(hf_model, names) as rec:
+        hf_logits = hf_model(input_ids=ids).logits
+    with torch.no_grad():
+        tl_logits, cache = tl_model.run_with_cache(ids)
+    for name in names:
+        assert rec[name].shape == cache[name].shape, name
+        torch.testing.assert_close(rec[name], cache[name], atol=atol, rtol=1e-4, msg=name)
+    torch.testing.assert_close(hf_logits, tl_logits, atol=atol * 10, rtol=1e-4)
+
+
+def test_tiny_gpt2_matches_transformer_lens(tiny_gpt2):
+    ids = torch.tensor([[50256, 39, 42661, 318, 257, 922]])
+    compare(tiny_gpt2, tl_gpt2(tiny_gpt2), ids, layers=range(8), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_full_size_gpt2_matches_transformer_lens():
+    model = make_tiny_gpt2(n_layer=12, d_model=768, n_head=12, n_positions=1024, seed=3)
+    ids = torch.tensor([[50256, 39, 42661, 318, 257, 922, 286]])
+    compare(model, tl_gpt2(model), ids, layers=[0, 6, 11], atol=2e-3)
+
+
+def tl_llama(hf_model):
+    """A HookedTransformer with a HF Llama's weights (no weight processing)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+    c = hf_model.config
+    cfg = HookedTransformerConfig(
+        n_layers=c.num_hidden_layers, d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads,
+        n_key_value_heads=c.num_key_value_heads, d_mlp=c.intermediate_size, d_vocab=c.vocab_size,
+        n_ctx=c.max_position_embeddings, act_fn="silu", normalization_type="RMS", eps=c.rms_norm_eps,
+        positional_embedding_type="rotary", rotary_dim=c.head_dim, rotary_base=10000,  # stories260K: rope_theta 10000 (config.json)
+        gated_mlp=True,
+        final_rms=True, original_architecture="LlamaForCausalLM", rotary_adjacent_pairs=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg)
+        model.load_and_process_state_dict(convert_llama_weights(hf_model, cfg), fold_ln=False,
+                                          center_writing_weights=False, center_unembed=False,
+                                          fold_value_biases=False)
+    return model.eval()
+
+
+def test_stories260k_llama_matches_transformer_lens(stories_path):
+    from saesteer.models.loading import load_model
+
+    lm = load_model(str(stories_path))
+    ids = torch.tensor([lm.encode("Once upon a time, there was a little girl")])
+    compare(lm.model, tl_llama(lm.model), ids, layers=range(5), atol=1e-4)

@@ -9,6 +9,7 @@ so ``DEST`` is either absent or whole.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -76,6 +77,42 @@ def download_file(
             f" HF_HUB_OFFLINE is set); unset it to download {url}, or {how_to_fix(dest)}"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest.with_name(dest.name + ".lock")):  # parallel workers must not share a .partial
+        if not dest.is_file():  # else another process finished it while we waited
+            _download_locked(url, dest, progress, expected_size, chunk, retries, backoff)
+    return dest
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive ``flock`` on ``lock_path``, removed on exit (no-op where ``fcntl`` is missing).
+
+    The file is unlinked while still locked; a waiter that then gets the lock on the unlinked file
+    notices (its inode is no longer at ``lock_path``) and starts over, so two holders never overlap.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process guard
+        yield
+        return
+    while True:
+        handle = open(lock_path, "a+b")
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
+
+
+def _download_locked(url, dest: Path, progress, expected_size, chunk, retries, backoff) -> None:
+    """The retry loop of :func:`download_file`, run while holding DEST's lock."""
     partial = dest.with_name(dest.name + ".partial")
     failures = 0
     with requests.Session() as session:
@@ -112,7 +149,6 @@ def download_file(
             f" to retry, or {how_to_fix(dest)}"
         )
     os.replace(partial, dest)
-    return dest
 
 
 def _fetch_once(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,19 +155,24 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SaesteerError(f"no such SAE file: {path}")
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then rejects anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
         text = str(exc)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-            what = f" ({found.group(1)})" if found else ""
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
             raise SaesteerError(
-                f"refusing to load {path}: it needs arbitrary unpickling{what}, which could run code;"
-                " saesteer loads only plain state dicts (torch.load weights_only=True); re-save its"
-                " state_dict() or convert it to safetensors"
+                f"refusing to load {path}: it needs arbitrary unpickling ({found.group(1)}), which could run"
+                " code; saesteer loads only plain state dicts (torch.load weights_only=True); re-save its"
+                " state_dict() with torch.save, or convert it to safetensors"
             ) from None
-        raise SaesteerError(f"could not read {path} as a PyTorch state dict ({type(exc).__name__}); the file"
-                            " is corrupt or not an SAE: delete it and download it again") from None
+        reason = re.search(r"Unsupported operand \d+", text)
+        reason = reason.group(0) if reason else type(exc).__name__
+        raise SaesteerError(
+            f"could not read {path} as a PyTorch state dict with torch.load(weights_only=True) ({reason});"
+            " it is corrupt or not a plain state dict: download it again, or re-save it with torch.save"
+        ) from None
     if not isinstance(obj, dict):
         raise SaesteerError(f"{path} holds a {type(obj).__name__}, not an SAE state dict")
     return obj
@@ -206,7 +212,8 @@ def sae_from_state_dict(
         activation, k = _activation_of(state, source)
     if tensors["encoder.weight"].dim() != 2 or tensors["decoder.weight"].dim() != 2:
         raise SaesteerError(f"{source}: encoder.weight and decoder.weight must be matrices")
-    W_enc: Tensor = tensors["encoder.weight"].T
+    W_enc: Tensor = tensors["encoder.weight"].T.contiguous()  # contiguous: same maths as a saved copy
+    W_dec: Tensor = tensors["decoder.weight"].T.contiguous()
     cfg = SAEConfig(
         d_in=int(W_enc.shape[0]),
         d_sae=int(W_enc.shape[1]),
@@ -218,7 +225,7 @@ def sae_from_state_dict(
         source=source,
         extra=dict(extra or {"format": "openai"}),
     )
-    return SAE(cfg, W_enc, tensors["latent_bias"], tensors["decoder.weight"].T, tensors["pre_bias"])
+    return SAE(cfg, W_enc, tensors["latent_bias"], W_dec, tensors["pre_bias"])
 
 
 def _activation_of(state: dict, source: str) -> tuple[str, int | None]:

@@ -107,3 +107,37 @@ def require_stories() -> Path:
 @pytest.fixture(scope="session")
 def stories_path() -> Path:
     return require_stories()
+
+
+def save_openai_pt(sae, path) -> Path:
+    """Write an SAE as OpenAI's reference code saves it: a state dict plus activation entries."""
+    from collections import OrderedDict
+
+    state = OrderedDict()
+    state["pre_bias"] = sae.b_dec.detach().clone()
+    state["latent_bias"] = sae.b_enc.detach().clone()
+    state["stats_last_nonzero"] = torch.zeros(sae.d_sae, dtype=torch.long)
+    state["encoder.weight"] = sae.W_enc.detach().T.contiguous()
+    state["decoder.weight"] = sae.W_dec.detach().T.contiguous()
+    if sae.cfg.activation == "topk":
+        state["activation"] = "TopK"
+        state["activation_state_dict"] = OrderedDict([("k", sae.cfg.k), ("postact_fn", "ReLU")])
+    else:
+        state["activation"] = "ReLU"
+    torch.save(state, path)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_gpt2, gpt2_tokenizer) -> Path:
+    """The tiny GPT-2 and the real GPT-2 tokenizer saved as a local Hugging Face directory."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_gpt2.save_pretrained(path)
+    gpt2_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_pt(tmp_path_factory, tiny_sae) -> Path:
+    """The tiny v5-style TopK SAE as an OpenAI-format .pt (it does not name its hook)."""
+    return save_openai_pt(tiny_sae, tmp_path_factory.mktemp("sae") / "6.pt")

@@ -114,7 +114,10 @@ def load_model(
 ) -> LoadedModel:
     """Load ``gpt2-small``/``gpt2`` (hub ``openai-community/gpt2``), any hub id, or a local HF directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep their own bars
+    hf_logging.set_verbosity_error()
     repo = ALIASES.get(name_or_path, name_or_path)
     local = Path(name_or_path).expanduser()
     is_local = local.exists()

@@ -106,6 +106,27 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def _cached(repo: str) -> bool:
+    """Whether the hub cache already holds this repo's config (then no network is needed)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "config.json")
+    return isinstance(found, str)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub endpoint (honours HF_ENDPOINT)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def load_model(
     name_or_path: str = "gpt2-small",
     *,
@@ -126,17 +147,20 @@ def load_model(
         raise SaesteerError(f"model directory {name_or_path!r} does not exist; pass a Hugging Face model directory")
     source = str(local) if is_local else repo
     torch_dtype = parse_dtype(dtype) or torch.float32
+    # Try the local cache first; reach for the hub only when it answers, so an offline machine fails at
+    # once with a clear message instead of after a minute of retries.
+    local_only = is_local or _offline() or _cached(source) or not _hub_reachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         except (OSError, ValueError):
             tokenizer = None
     except OSError as exc:
         hint = (
             "it is not in the local Hugging Face cache and the hub is unreachable (offline)"
-            if _offline() or "offline" in str(exc).lower() or "connect" in str(exc).lower()
-            else str(exc).splitlines()[0]
+            if local_only and not is_local
+            else str(exc).strip().splitlines()[0]
         )
         raise SaesteerError(
             f"could not load model {source!r}: {hint}; download it where the hub is reachable, or pass a"

@@ -23,5 +23,8 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/sweep_speed.py $(BENCH_ARGS)
 
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 clean:
 	rm -rf $(VENV) build dist site .pytest_cache

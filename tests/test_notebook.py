@@ -94,14 +94,14 @@ def test_notebook_runs_on_stories260k(tmp_path, monkeypatch):
 
     # Cells over features that other parts of saesteer provide run for real where those parts exist.
     try:
-        import saesteer.sweep  # noqa: F401
+        from saesteer.sweep import Sweep  # noqa: F401
     except ImportError:
         assert "saesteer.sweep is not in this version" in text
     else:
         manifest = json.loads((out / "sweep" / "manifest.json").read_text(encoding="utf-8"))
         assert manifest["status"] == "complete" and manifest["done"] == 256
     try:
-        import saesteer.evaluation.compare  # noqa: F401
+        from saesteer.evaluation.compare import compare  # noqa: F401
     except ImportError:
         pass
     else:

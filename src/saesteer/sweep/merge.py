@@ -1,0 +1,134 @@
+"""Join the shards of one sweep (``--shard I/N`` runs) into the folder the unsharded run would have written.
+
+The shards must be the same sweep (equal identity apart from the shard), all ``N`` of them, each finished,
+with the same unsteered text. Their feature facts should be equal too; if they were computed apart and
+differ (another machine, another device), the facts-based metrics are recomputed from each result's tokens
+and text with the first shard's facts, so the merged table is consistent. A relative sweep's clamp values
+come from the facts, so its shards must agree on them. The output is built in a temporary folder and
+renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.feature_facts import FactsTable
+from saesteer.evaluation.text_metrics import hits, text_metrics
+from saesteer.sweep import store as st
+from saesteer.sweep.spec import SweepSpec
+
+
+def rescore(record: dict, facts: FactsTable, baseline: dict) -> dict:
+    """``record`` with its facts-based metrics recomputed from its tokens and text (fluency kept)."""
+    from saesteer.sweep.runner import SweepResult
+
+    targets = facts.targets(record["feature"])
+    base_fl = baseline.get("fluency")
+    fl = record.get("fluency")
+    m = text_metrics(record["tokens"], record["text"], baseline["tokens"], baseline["text"], targets,
+                     fluency=fl, baseline_fluency=base_fl if fl is not None else None,
+                     baseline_hits=hits(baseline["tokens"], baseline["text"], targets))
+    res = SweepResult(record["feature"], record["value"], record.get("clamp", record["value"]), record["tokens"],
+                      record["text"], m)
+    return res.to_record()
+
+
+def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
+    """Merge shard folders into ``out`` (which must not exist yet, or be empty); return the new manifest."""
+    dirs = [Path(d) for d in directories]
+    out = Path(out)
+    if not dirs:
+        raise SaesteerError("give the shard folders to merge, e.g. saesteer merge run0 run1 --out run")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SaesteerError(f"{out} already exists and is not empty; merge into a new folder")
+    if any(d.resolve() == out.resolve() for d in dirs):
+        raise SaesteerError("--out must be a new folder, not one of the shards")
+    manifests = []
+    for d in dirs:
+        m = st.read_manifest(d)
+        if m is None:
+            raise SaesteerError(f"{d} is not a sweep folder (no {st.MANIFEST})")
+        manifests.append(m)
+    specs = [SweepSpec.from_identity(m["sweep"]) for m in manifests]
+    first = specs[0]
+    for d, spec in zip(dirs[1:], specs[1:]):
+        diffs = first.differences(spec, ignore=("shard",))
+        if diffs:
+            raise SaesteerError(f"{d} is not part of the same sweep as {dirs[0]} ({'; '.join(diffs)})")
+    n = first.shard[1]
+    if any(s.shard[1] != n for s in specs):
+        counts = sorted({s.shard[1] for s in specs})
+        raise SaesteerError(f"the folders were split into different numbers of shards ({counts}); merge shards of one split")
+    seen: dict[int, Path] = {}
+    for d, spec in zip(dirs, specs):
+        i = spec.shard[0]
+        if i in seen:
+            raise SaesteerError(f"shard {i}/{n} is given twice ({seen[i]} and {d})")
+        seen[i] = d
+    missing = sorted(set(range(n)) - set(seen))
+    if missing:
+        raise SaesteerError(f"shards {', '.join(f'{i}/{n}' for i in missing)} are missing; give all {n} shard folders")
+    base = manifests[0]["baseline"]
+    for d, m in zip(dirs[1:], manifests[1:]):
+        if m["baseline"]["tokens"] != base["tokens"]:
+            raise SaesteerError(f"{d} has another unsteered text than {dirs[0]} ({m['baseline']['text']!r} vs"
+                                f" {base['text']!r}): the shards did not run the same model the same way")
+    facts = FactsTable.load(dirs[0] / st.FACTS)
+    digests = {m["facts"]["digest"] for m in manifests}
+    if len(digests) > 1 and first.relative:
+        raise SaesteerError("the shards computed different feature facts, and a relative sweep's clamp values come"
+                            " from them; rerun the shards with the same --reference-text and facts")
+    records: list[dict] = []
+    for d, spec, m in zip(dirs, specs, manifests):
+        scan = st.scan_results(d / st.RESULTS, spec.values, set(spec.shard_features()))
+        want = spec.n_shard_features()
+        if len(scan.complete) != want or m.get("status") != "complete":
+            raise SaesteerError(f"shard {spec.shard[0]}/{n} in {d} is not finished ({len(scan.complete)}/{want}"
+                                " features); run its sweep command again to finish it")
+        if m["facts"]["digest"] != facts.digest:
+            records.extend(rescore(r, facts, base) for r in scan.records)
+        else:
+            records.extend(scan.records)
+    records.sort(key=st.sort_key(first.values))
+    unsharded = first.unsharded()
+    manifest = _merged_manifest(manifests, unsharded, dirs, facts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        facts.save(staging / st.FACTS)
+        st.write_records(staging, records)
+        st.write_manifest(staging, manifest)
+        os.chmod(staging, 0o755)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _merged_manifest(manifests: list[dict], spec: SweepSpec, dirs: list[Path], facts: FactsTable) -> dict:
+    m = dict(manifests[0])
+    m["sweep"] = spec.identity()
+    m["fingerprint"] = spec.fingerprint()
+    m["shard"] = "0/1"
+    m["n_features"] = spec.n_shard_features()
+    m["done"] = spec.n_shard_features()
+    m["status"] = "complete"
+    m["facts"] = dict(m["facts"], digest=facts.digest)
+    m["started_at"] = min(x["started_at"] for x in manifests)
+    m["finished_at"] = max(x.get("finished_at") or "" for x in manifests) or None
+    m["sessions"] = [dict(s, shard=x["shard"]) for x in manifests for s in x.get("sessions", [])]
+    m["elapsed_s"] = round(sum(x.get("elapsed_s", 0.0) for x in manifests), 3)
+    computed = sum(s["features"] for s in m["sessions"])
+    m["features_per_second"] = round(computed / m["elapsed_s"], 3) if m["elapsed_s"] > 0 and computed else None
+    m["merged_from"] = [{"folder": str(d), "shard": x["shard"], "device": x.get("device"),
+                         "elapsed_s": x.get("elapsed_s"), "features_per_second": x.get("features_per_second")}
+                        for d, x in zip(dirs, manifests)]
+    return m

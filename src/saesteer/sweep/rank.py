@@ -1,0 +1,138 @@
+"""Rank a sweep's results: the best value of each feature, sorted by a metric, optionally about a word."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.feature_facts import FactsTable
+from saesteer.evaluation.text_metrics import is_clear, words
+from saesteer.sweep import store as st
+
+
+def _num(x, missing=-math.inf) -> float:
+    return missing if x is None else float(x)
+
+
+SORTS: dict[str, Callable[[dict], tuple]] = {
+    "score": lambda r: (_num(r.get("score")), r.get("fire_hits", 0)),
+    "on_target": lambda r: (r.get("fire_hits", 0) - r.get("base_fire_hits", 0), _num(r.get("score"))),
+    "lens": lambda r: (r.get("lens_hits", 0) - r.get("base_lens_hits", 0), _num(r.get("score"))),
+    "fluency": lambda r: (_num(r.get("fluency")), _num(r.get("score"))),
+    "repetition": lambda r: (_num(r.get("repetition")), _num(r.get("score"))),
+    "distinct": lambda r: (_num(r.get("distinct")), _num(r.get("score"))),
+    "first_diff": lambda r: (-_num(r.get("first_diff"), math.inf), _num(r.get("score"))),
+    "feature": lambda r: (-r["feature"], -_num(r.get("value"), 0.0)),
+}
+"""Sort keys, larger first: ``on_target`` and ``lens`` are hits above the unsteered text's, ``first_diff``
+puts the earliest divergence first, ``feature`` sorts by feature index."""
+
+
+@dataclass
+class Row:
+    """One line of a ``top`` table: a feature at its best value."""
+
+    feature: int
+    value: float
+    score: float
+    fire_hits: int
+    lens_hits: int
+    clear: bool | None
+    """``text_metrics.is_clear`` where fluency was measured, else None."""
+    text: str
+    firing_words: list[str] = field(default_factory=list)
+    lens_tokens: list[str] = field(default_factory=list)
+    fluency_drop: float | None = None
+    repetition: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _matches(query: str, rec: dict, facts: FactsTable | None) -> bool:
+    q = query.lower().strip()
+    if q in words(rec.get("text", "")):
+        return True
+    if facts is not None:
+        f = rec["feature"]
+        if q in facts.words[f]:
+            return True
+        for t in facts.tensors["lens_top_ids"][f].tolist():
+            if facts.token_texts.get(t, "").strip().lower() == q:
+                return True
+        for t in facts.tensors["fire_ids"][f].tolist():
+            if t >= 0 and facts.token_texts.get(t, "").strip().lower() == q:
+                return True
+    return False
+
+
+def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | None = 50, sort: str = "score",
+         query: str | None = None, all_values: bool = False) -> list[Row]:
+    """The best result of each feature by ``sort`` (every result with ``all_values``), best first.
+
+    ``query``: keep features whose firing words or top tokens are the word, or whose text contains it.
+    """
+    if sort not in SORTS:
+        raise SaesteerError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
+    key = SORTS[sort]
+    recs = list(records)
+    if query:
+        recs = [r for r in recs if _matches(query, r, facts)]
+    if not all_values:
+        best: dict[int, dict] = {}
+        for r in recs:
+            cur = best.get(r["feature"])
+            if cur is None or key(r) > key(cur):
+                best[r["feature"]] = r
+        recs = list(best.values())
+    recs.sort(key=lambda r: (key(r), -r["feature"]), reverse=True)
+    if n is not None:
+        recs = recs[:n]
+    rows = []
+    for r in recs:
+        f = r["feature"]
+        fw, lt = [], []
+        if facts is not None and 0 <= f < len(facts):
+            fw = list(facts.words[f])
+            lt = [facts.token_texts.get(t, "") for t in facts.tensors["lens_top_ids"][f].tolist()]
+        drop = r.get("fluency_drop")
+        rows.append(Row(f, r["value"], float(r.get("score", 0.0)), r.get("fire_hits", 0), r.get("lens_hits", 0),
+                        is_clear(r.get("fire_hits", 0), r.get("base_fire_hits", 0), drop) if drop is not None else None,
+                        r.get("text", ""), fw, lt, drop, r.get("repetition", 0.0)))
+    return rows
+
+
+def top(directory: str | os.PathLike, **kwargs) -> list[Row]:
+    """:func:`rank` over a sweep folder (with its feature facts)."""
+    directory = Path(directory)
+    manifest = st.read_manifest(directory)
+    if manifest is None:
+        raise SaesteerError(f"{directory} is not a sweep folder (no {st.MANIFEST}); give the --out folder of saesteer sweep")
+    facts = FactsTable.load(directory / st.FACTS) if FactsTable.exists(directory / st.FACTS) else None
+    return rank(st.load_records(directory, manifest["sweep"]["values"]), facts=facts, **kwargs)
+
+
+def _clip(text: str, width: int) -> str:
+    text = st.escape_text(text)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def format_table(rows: Sequence[Row], *, text_width: int = 60) -> str:
+    """A plain-text table: feature, value, score, hits, firing words, logit-lens tokens, text."""
+    header = ["feature", "value", "score", "hits", "firing words", "top tokens", "text"]
+    lines = []
+    for r in rows:
+        lines.append([
+            str(r.feature), st.format_value(r.value), f"{r.score:.2f}", f"{r.fire_hits}/{r.lens_hits}",
+            _clip(", ".join(r.firing_words[:3]), 28), _clip(" ".join(repr(t) for t in r.lens_tokens[:3]), 28),
+            _clip(r.text, text_width),
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in lines)) if lines else len(h) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    for row in lines:
+        out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return "\n".join(out)

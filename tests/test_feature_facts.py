@@ -1,0 +1,142 @@
+"""Feature facts on a model and SAE built so that the answers are known."""
+
+import pytest
+import torch
+
+from saesteer.evaluation import feature_facts as ff
+from saesteer.models.loading import wrap_model
+from saesteer.saes.base import SAE, SAEConfig
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TEXT = "The dragon flew over the hills. A dragon sleeps, and the old king waits for the dragon."
+
+
+@pytest.fixture(scope="module")
+def lens_model():
+    """One block, no position embeddings: the activation at blocks.0.hook_resid_pre is the token's embedding."""
+    from conftest import make_tiny_gpt2
+
+    model = make_tiny_gpt2(n_layer=1, d_model=64, seed=3)
+    with torch.no_grad():
+        model.transformer.wpe.weight.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def known(lens_model, gpt2_tokenizer):
+    lm = wrap_model(lens_model, gpt2_tokenizer, name="lens-model")
+    E = lens_model.transformer.wte.weight.detach()
+    dragon = gpt2_tokenizer(" dragon")["input_ids"]
+    assert len(dragon) == 1
+    dragon = dragon[0]
+    loudest = int(E.norm(dim=-1).argmax())
+    d_sae = 8
+    g = torch.Generator().manual_seed(0)
+    W_enc = 0.01 * torch.randn(64, d_sae, generator=g)
+    b_enc = torch.full((d_sae,), -10.0)  # features 2.. never fire
+    W_dec = torch.randn(d_sae, 64, generator=g)
+    # Feature 0 fires (0.5) on " dragon" only; feature 1 never fires.
+    W_enc[:, 0] = E[dragon] / E[dragon].pow(2).sum()
+    b_enc[0] = -0.5
+    W_enc[:, 1] = 0.0
+    # Feature 2 promotes the token with the largest embedding; feature 3 suppresses it.
+    W_dec[2] = E[loudest] / E[loudest].norm()
+    W_dec[3] = -W_dec[2]
+    cfg = SAEConfig(d_in=64, d_sae=d_sae, activation="relu", normalize="none", apply_b_dec_to_input=False,
+                    hook_name="blocks.0.hook_resid_pre", source="known")
+    sae = SAE(cfg, W_enc, b_enc, W_dec, torch.zeros(64))
+    return lm, sae, dragon, loudest
+
+
+def test_firing_tokens_words_and_max_activation(known, tmp_path):
+    lm, sae, dragon, _ = known
+    ref = tmp_path / "ref.txt"
+    ref.write_text(TEXT)
+    facts = ff.feature_facts(lm, sae, sae.hook_name, reference_text=ref, cache_dir=tmp_path / "cache")
+    f0 = facts[0]
+    assert f0.firing_tokens[0].id == dragon
+    assert [t.id for t in f0.firing_tokens] == [dragon]
+    assert f0.firing_words == ["dragon"]
+    assert f0.max_activation == pytest.approx(0.5, abs=1e-4)
+    n_tokens = len(gpt2_ids(lm, TEXT))
+    assert f0.frequency == pytest.approx(3 / n_tokens)
+    assert len(facts.examples(0)) == 3
+    dead = facts[1]
+    assert dead.max_activation == 0.0 and dead.firing_tokens == [] and dead.firing_words == [] and dead.frequency == 0
+    assert f0.targets().words == frozenset({"dragon"}) and dragon in f0.targets().token_ids
+
+
+def gpt2_ids(lm, text):
+    return lm.encode(text, prepend_bos=False)
+
+
+def test_logit_lens_names_the_promoted_token(known, tmp_path):
+    lm, sae, _, loudest = known
+    ref = tmp_path / "ref.txt"
+    ref.write_text(TEXT)
+    facts = ff.feature_facts(lm, sae, sae.hook_name, reference_text=ref, cache_dir=tmp_path / "cache", n_lens=5)
+    assert facts[2].lens_top[0].id == loudest
+    assert facts[3].lens_bottom[0].id == loudest
+    assert facts[2].lens_top[0].text == lm.decode([loudest])
+    assert len(facts[2].lens_top) == 5
+    assert facts[2].lens_top[0].value > facts[2].lens_top[1].value
+    assert loudest in facts.targets(2).lens_ids
+
+
+def test_mlp_post_directions_go_through_the_output_projection(tiny_gpt2):
+    from saesteer.models.hook_sites import unembed_directions
+
+    from conftest import make_sae
+
+    sae = make_sae(d_in=256, d_sae=16, hook_name="blocks.2.mlp.hook_post", normalize="none", activation="relu")
+    lens = ff.logit_lens(tiny_gpt2, sae, sae.hook_name, n=4)
+    assert lens["lens_top_ids"].shape == (16, 4)
+    W = tiny_gpt2.transformer.h[2].mlp.c_proj.weight  # Conv1D: [in=256, out=64]
+    want = unembed_directions(tiny_gpt2, sae.W_dec @ W).topk(4, dim=-1).indices
+    assert torch.equal(lens["lens_top_ids"].long(), want)
+
+
+def test_cached_after_first_computation(known, tmp_path, monkeypatch):
+    lm, sae, _, _ = known
+    ref = tmp_path / "ref.txt"
+    ref.write_text(TEXT)
+    first = ff.feature_facts(lm, sae, sae.hook_name, reference_text=ref, cache_dir=tmp_path / "c")
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed instead of read from the cache")
+
+    monkeypatch.setattr(ff, "compute_facts", boom)
+    again = ff.feature_facts(lm, sae, sae.hook_name, reference_text=ref, cache_dir=tmp_path / "c")
+    assert again.digest == first.digest
+    assert again[0] == first[0] and again[2] == first[2]
+    ref.write_text(TEXT + " More text.")  # another reference: another key, so it is computed
+    with pytest.raises(AssertionError, match="recomputed"):
+        ff.feature_facts(lm, sae, sae.hook_name, reference_text=ref, cache_dir=tmp_path / "c")
+
+
+def test_sampled_reference_is_seeded(tiny_loaded):
+    a = ff.sample_reference(tiny_loaded, samples=3, length=4, seed=1)
+    b = ff.sample_reference(tiny_loaded, samples=3, length=4, seed=1)
+    c = ff.sample_reference(tiny_loaded, samples=3, length=4, seed=2)
+    assert a.tokens.shape == (3, 5) and (a.tokens[:, 0] == 50256).all()
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_fingerprints_follow_weights_not_objects(tiny_sae):
+    from conftest import make_sae, make_tiny_gpt2
+
+    assert ff.sae_fingerprint(tiny_sae) == ff.sae_fingerprint(make_sae())
+    assert ff.sae_fingerprint(tiny_sae) != ff.sae_fingerprint(make_sae(seed=2))
+    m1, m2 = make_tiny_gpt2(n_layer=1, d_model=32), make_tiny_gpt2(n_layer=1, d_model=32)
+    assert ff.model_fingerprint(m1) == ff.model_fingerprint(m2)
+    with torch.no_grad():
+        m2.transformer.h[0].mlp.c_fc.weight.mul_(1.01)
+    assert ff.model_fingerprint(m1) != ff.model_fingerprint(m2)

@@ -1,0 +1,150 @@
+"""``saesteer compare`` (steered against unsteered, strength sweeps, samples) and ``saesteer feature`` (a card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from saesteer.cli.core_commands import generation_options
+from saesteer.cli.options import build_steerer, echo_json, model_options
+from saesteer.errors import SaesteerError
+
+
+def reference_options(func):
+    """Where feature facts (firing words, contexts) come from: ``--text FILE`` or text the model samples."""
+    func = click.option("--reference-length", default=64, show_default=True, type=click.IntRange(1, 4096),
+                        help="Tokens per reference sequence.")(func)
+    func = click.option("--reference-samples", default=256, show_default=True, type=click.IntRange(1, 1 << 20),
+                        help="Sequences the model samples as reference text (without --text).")(func)
+    func = click.option("--text", "text_file", default=None, type=click.Path(dir_okay=False),
+                        help="Reference text file for firing words and contexts (default: text the model samples"
+                             " itself). Facts are cached under $SAESTEER_CACHE.")(func)
+    return func
+
+
+def _check_text(path):
+    if path is not None and not Path(path).is_file():
+        raise SaesteerError(f"reference text file not found: {path}")
+
+
+def _png_path(out: str, plot: str | None) -> str:
+    if plot:
+        return plot
+    p = Path(out)
+    return str(p.with_suffix(".png") if p.suffix.lower() != ".png" else p.with_name(p.stem + ".plot.png"))
+
+
+@click.command()
+@model_options
+@click.option("--prompt", "prompts", multiple=True,
+              help="Text to continue (repeatable); without it, generation starts from BOS alone.")
+@click.option("--clamp", "clamps", multiple=True, required=True, metavar="FEATURE=VALUE",
+              help="Feature to clamp (repeatable). With --values, FEATURE alone is enough.")
+@click.option("--values", "values_text", default=None, metavar="V1,V2,...",
+              help="Strength sweep: one setting per value, each clamping every --clamp feature to it "
+                   "(0 clamps to 0; the unsteered row is separate).")
+@click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="Sampled continuations per setting (needs --temperature > 0); sample i uses the same "
+                   "seeded random stream in every setting.")
+@generation_options
+@click.option("--no-bos", is_flag=True, help="Do not put the BOS token in front of the prompt.")
+@reference_options
+@click.option("--no-facts", is_flag=True, help="Skip feature facts: no on-target hits, no feature cards.")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+              help="Write a self-contained HTML report (and its plot as PNG beside it).")
+@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False),
+              help="Where to save the plot PNG (default: the report's name with .png).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max_new_tokens, temperature, top_p, seed,
+            mode, no_bos, text_file, reference_samples, reference_length, no_facts, out, plot, as_json):
+    """Continue prompts with and without features clamped, over a sweep of strengths, with metrics.
+
+    \b
+    saesteer compare --prompt "I went to the park" --clamp 123=20
+    saesteer compare --prompt "I feel" --clamp 123 --values -20,-10,0,10,20 \\
+        --samples 8 --temperature 1 --seed 0 --out report.html
+    """
+    from saesteer.evaluation.compare import compare as run_compare
+    from saesteer.evaluation.compare import parse_feature_or_clamp, parse_values
+    from saesteer.evaluation.report import comparison_text
+
+    values = parse_values(values_text)
+    pairs = [parse_feature_or_clamp(c) for c in clamps]
+    if values is None and any(v is None for _, v in pairs):
+        f = next(f for f, v in pairs if v is None)
+        raise SaesteerError(f"feature {f} has no clamp value; write --clamp {f}=VALUE or pass --values -20,0,20")
+    if values is not None and any(v is not None for _, v in pairs):
+        click.echo("note: --values replaces the values given in --clamp", err=True)
+    if samples > 1 and temperature == 0:
+        raise SaesteerError("--samples above 1 needs sampling: pass --temperature > 0 (greedy continuations are"
+                            " all the same)")
+    _check_text(text_file)
+    st = build_steerer(model, sae, hook, device)
+    cmp = run_compare(st, list(prompts) or [None], pairs, values=values, samples=samples, temperature=temperature,
+                      top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, mode=mode, prepend_bos=not no_bos,
+                      facts=False if no_facts else None, reference_text=text_file,
+                      reference_samples=reference_samples, reference_length=reference_length,
+                      progress=not as_json)
+    written = []
+    if out or plot:
+        from saesteer.io import atomic_write_bytes
+
+        png_path = _png_path(out or plot, plot)
+        if out:
+            cmp.save_html(out, png_path=png_path)
+            written += [out, png_path]
+        else:
+            atomic_write_bytes(png_path, cmp.plot_png())
+            written.append(png_path)
+    if as_json:
+        d = cmp.to_dict()
+        d["written"] = written
+        echo_json(d)
+        return
+    click.echo(comparison_text(cmp, color=True))
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+
+
+@click.command()
+@model_options
+@click.argument("feature", type=int)
+@click.option("--values", "values_text", default=None, metavar="V1,V2,...",
+              help="Clamp values of the steered samples [default: -20,10,20,40].")
+@click.option("--prompt", default=None, help="Prompt of the steered samples (default: BOS alone).")
+@click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(0, 4096))
+@click.option("--mode", type=click.Choice(["delta", "reconstruct"]), default="delta", show_default=True)
+@reference_options
+@click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(1, 100),
+              help="Tokens and words listed per row.")
+@click.option("--contexts", "n_contexts", default=8, show_default=True, type=click.IntRange(0, 32),
+              help="Contexts where the feature is most active.")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Also write the card as HTML.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def feature(model, sae, hook, device, feature, values_text, prompt, max_new_tokens, mode, text_file,
+            reference_samples, reference_length, top_n, n_contexts, out, as_json):
+    """A feature card: decoder norm, logit lens, firing words, steered samples, top contexts."""
+    from saesteer.evaluation.compare import parse_values
+    from saesteer.evaluation.feature_card import feature_card
+
+    values = parse_values(values_text)
+    _check_text(text_file)
+    st = build_steerer(model, sae, hook, device)
+    card = feature_card(st, feature, values=values, prompt=prompt, max_new_tokens=max_new_tokens, mode=mode,
+                        reference_text=text_file, reference_samples=reference_samples,
+                        reference_length=reference_length, n_tokens=top_n, n_contexts=n_contexts,
+                        progress=not as_json)
+    if out:
+        card.save_html(out)
+    if as_json:
+        d = card.to_dict()
+        d["written"] = [out] if out else []
+        echo_json(d)
+        return
+    click.echo(card.to_text(color=True))
+    if out:
+        click.echo(f"wrote {out}", err=True)
+
+
+COMMANDS = [compare, feature]

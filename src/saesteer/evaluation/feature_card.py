@@ -1,0 +1,179 @@
+"""A feature card: everything one look at an SAE feature should show, as plain data.
+
+* its decoder direction's norm (a clamp to ``v`` adds ``(v - z) * W_dec[j]``, times the token's ``std``
+  for layer-normalised SAEs);
+* the tokens it promotes and suppresses most (logit lens, from ``feature_facts``);
+* its firing tokens and words, maximum activation and firing frequency on the reference text;
+* the contexts where it is most active, with the active token marked;
+* steered samples at a few clamp values next to the unsteered continuation.
+
+The reference text is ``reference_text`` (a file) or, by default, text the model samples itself; facts
+are cached by ``feature_facts`` (the first call computes them for every feature of the SAE).
+
+>>> card = feature_card(steerer, 123, values=[-20, 20])       # doctest: +SKIP
+>>> print(card.to_text())       # a terminal; in a notebook, ``card`` alone renders as HTML  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+DEFAULT_VALUES = (-20.0, 10.0, 20.0, 40.0)
+"""Clamp values of the card's steered samples when none are given (the practical session clamps to 20)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token (its text) with a number: a logit (logit lens) or an activation (firing tokens)."""
+
+    id: int
+    text: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Context:
+    """A stretch of reference text around one of the feature's top activations."""
+
+    activation: float
+    pieces: list[str]
+    """Token texts, in order."""
+    index: int
+    """Which of ``pieces`` is the active token."""
+
+    @property
+    def before(self) -> str:
+        return "".join(self.pieces[:self.index])
+
+    @property
+    def token(self) -> str:
+        return self.pieces[self.index]
+
+    @property
+    def after(self) -> str:
+        return "".join(self.pieces[self.index + 1:])
+
+
+@dataclass(frozen=True)
+class SteeredSample:
+    """The continuation of the card's prompt with the feature clamped to ``value`` (None: unsteered)."""
+
+    value: float | None
+    tokens: list[int]
+    text: str
+    """As ``Steerer.generate`` gives it (the continuation decoded alone)."""
+    shown: str
+    """As it reads after the prompt (``compare.token_pieces``: SentencePiece keeps its leading space)."""
+
+
+@dataclass
+class FeatureCard:
+    """One feature at a glance (see the module docstring). ``to_text`` for terminals, ``_repr_html_`` for
+    notebooks, ``to_dict`` for JSON."""
+
+    feature: int
+    hook: str
+    sae: str
+    decoder_norm: float
+    max_activation: float
+    frequency: float
+    promoted: list[Token] = field(default_factory=list)
+    suppressed: list[Token] = field(default_factory=list)
+    firing_tokens: list[Token] = field(default_factory=list)
+    firing_words: list[str] = field(default_factory=list)
+    contexts: list[Context] = field(default_factory=list)
+    prompt: str | None = None
+    mode: str = "delta"
+    unsteered: SteeredSample | None = None
+    """The unsteered continuation of ``prompt`` (None when the card has no steered samples)."""
+    samples: list[SteeredSample] = field(default_factory=list)
+    reference: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for c, ctx in zip(d["contexts"], self.contexts):
+            c.update(before=ctx.before, token=ctx.token, after=ctx.after)
+        return d
+
+    def to_text(self, *, color: bool = False, width: int = 100) -> str:
+        """A plain-text card; the active token of each context is shown as ``[[token]]``."""
+        from saesteer.evaluation.report import card_text
+
+        return card_text(self, color=color, width=width)
+
+    def to_html(self) -> str:
+        """A self-contained HTML page with this card."""
+        from saesteer.evaluation.report import card_page
+
+        return card_page(self)
+
+    def save_html(self, path) -> None:
+        from saesteer.io import atomic_write_text
+
+        atomic_write_text(path, self.to_html())
+
+    def _repr_html_(self) -> str:
+        from saesteer.evaluation.report import card_fragment
+
+        return card_fragment(self)
+
+
+def _tokens(scores, n: int) -> list[Token]:
+    return [Token(int(s.id), s.text, float(s.value)) for s in list(scores)[:n]]
+
+
+def feature_card(steerer, feature: int, *, values: Sequence[float] | None = None, prompt: str | None = None,
+                 max_new_tokens: int = 20, mode: str = "delta", temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, prepend_bos: bool = True, facts=None, reference_text=None,
+                 reference_samples: int = 256, reference_length: int = 64, cache_dir=None, n_tokens: int = 10,
+                 n_contexts: int = 8, context: int = 10, progress: bool = False) -> FeatureCard:
+    """The :class:`FeatureCard` of ``feature`` of ``steerer``'s SAE.
+
+    ``values``: clamp values for the steered samples (default :data:`DEFAULT_VALUES`; ``()`` for none), each
+    a continuation of ``prompt`` (None: BOS alone) as ``Steerer.generate`` gives it. ``facts``: a
+    ``FactsTable``, or None to get it from ``feature_facts`` (cached; on ``reference_text`` or on text the
+    model samples). ``context``: tokens shown before the active token.
+    """
+    from saesteer.errors import SaesteerError
+
+    sae = steerer._need_sae()
+    hook = steerer._need_hook()
+    if isinstance(feature, bool) or not isinstance(feature, int):
+        raise SaesteerError(f"feature must be an integer, got {feature!r}")
+    sae.check_feature(feature)
+    if facts is None:
+        from saesteer.evaluation.feature_facts import feature_facts
+
+        facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
+                              length=reference_length, cache_dir=cache_dir, progress=progress,
+                              engine=steerer.engine)
+    f = facts[feature]
+    lm = steerer.lm
+    from saesteer.evaluation.compare import token_pieces
+
+    contexts = []
+    for act, ids, idx in facts.examples(feature, context=context)[:n_contexts]:
+        contexts.append(Context(float(act), token_pieces(lm, ids), int(idx)))
+    values = list(DEFAULT_VALUES if values is None else values)
+    unsteered, samples = None, []
+    if values:
+        kw = dict(max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, top_p=top_p, seed=seed,
+                  prepend_bos=prepend_bos)
+
+        def sample(value):
+            g = steerer.generate(prompt, clamps=None if value is None else {feature: float(value)}, **kw)
+            shown = "".join(token_pieces(lm, g.tokens, g.prompt_tokens))
+            return SteeredSample(None if value is None else float(value), list(g.tokens), g.text, shown)
+
+        unsteered = sample(None)
+        samples = [sample(v) for v in values]
+    return FeatureCard(
+        feature=feature, hook=hook, sae=sae.cfg.source or "",
+        decoder_norm=float(sae.W_dec[feature].detach().float().norm()),
+        max_activation=f.max_activation, frequency=f.frequency,
+        promoted=_tokens(f.lens_top, n_tokens), suppressed=_tokens(f.lens_bottom, n_tokens),
+        firing_tokens=_tokens(f.firing_tokens, n_tokens), firing_words=list(f.firing_words)[:n_tokens],
+        contexts=contexts, prompt=prompt, mode=mode, unsteered=unsteered, samples=samples,
+        reference=dict(facts.meta.get("reference", {})),
+    )

@@ -1,0 +1,513 @@
+// saesteer web page: playground, sweep browser, feature pages. Vanilla JS, no build step, no CDN.
+// Every text from the server is put in the page as text (textContent), never as HTML.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = {
+  info: null,
+  sweep: { results: 0, q: "", sort: "score", order: "desc", offset: 0, limit: 25, per_feature: false },
+  sweepMetrics: [],
+  feature: null,
+  curve: null,
+};
+const SHOWN_METRICS = ["fire_hits", "lens_hits", "fluency_drop", "repetition"];
+
+// ------------------------------------------------------------------------------------------ helpers
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "text") node.textContent = v;
+    else if (k === "cls") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) node.append(c);
+  return node;
+}
+
+function fmt(v, digits = 3) {
+  if (v === null || v === undefined) return "–";
+  if (typeof v !== "number") return String(v);
+  if (Number.isInteger(v)) return String(v);
+  return Number(v.toPrecision(digits)).toString();
+}
+
+async function apiError(resp) {
+  let msg = `${resp.status} ${resp.statusText}`;
+  try {
+    const body = await resp.json();
+    if (Array.isArray(body.detail)) {
+      msg = body.detail.map((d) => {
+        const loc = (d.loc || []).filter((x) => x !== "body" && x !== "query" && x !== "path").join(".");
+        return (loc ? loc + ": " : "") + d.msg;
+      }).join("; ");
+    } else if (body.detail) {
+      msg = body.detail;
+    }
+  } catch (e) { /* not JSON */ }
+  const retry = resp.headers.get("Retry-After");
+  if (resp.status === 503 && retry) msg += ` (retry in ${retry} s)`;
+  const err = new Error(msg);
+  err.status = resp.status;
+  return err;
+}
+
+async function api(path, options = {}) {
+  const resp = await fetch(path, options);
+  if (!resp.ok) throw await apiError(resp);
+  return resp.json();
+}
+
+function postJSON(path, body) {
+  return api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+}
+
+function setStatus(node, text, error = false) {
+  node.textContent = text;
+  node.classList.toggle("error", error);
+}
+
+function numberOrNull(input) {
+  const s = input.value.trim();
+  return s === "" ? null : Number(s);
+}
+
+// ------------------------------------------------------------------------------------------ routing
+function route() {
+  const hash = location.hash || "#/playground";
+  const parts = hash.replace(/^#\/?/, "").split("/");
+  const view = ["playground", "sweeps", "feature"].includes(parts[0]) ? parts[0] : "playground";
+  for (const v of ["playground", "sweeps", "feature"]) $(`#view-${v}`).hidden = v !== view;
+  for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.view === view);
+  if (view === "sweeps") loadSweeps();
+  if (view === "feature" && parts[1] !== undefined && parts[1] !== "") {
+    const f = Number(parts[1]);
+    if (Number.isInteger(f) && f >= 0 && f !== state.feature) loadFeature(f);
+  }
+}
+
+// ------------------------------------------------------------------------------------------ playground
+function addClamp(feature = "", value = 20) {
+  const row = el("div", { cls: "clamp-row" });
+  const f = el("input", { cls: "feature", type: "number", min: "0", placeholder: "feature", "aria-label": "feature" });
+  const v = el("input", { cls: "value", type: "number", step: "any", "aria-label": "value" });
+  f.value = feature;
+  v.value = value;
+  const link = el("a", { href: "#/feature", text: "open" });
+  const sync = () => { link.href = f.value === "" ? "#/feature" : `#/feature/${f.value}`; };
+  f.addEventListener("input", sync);
+  sync();
+  row.append(el("label", { cls: "inline", text: "Feature" }), f, el("label", { cls: "inline", text: "value" }), v,
+    link, el("button", { type: "button", text: "remove", onclick: () => { row.remove(); clampsChanged(); } }));
+  $("#clamps").append(row);
+  clampsChanged();
+  return row;
+}
+
+function clampsChanged() {
+  $("#no-clamps").hidden = document.querySelectorAll("#clamps .clamp-row").length > 0;
+}
+
+function readClamps() {
+  return [...document.querySelectorAll("#clamps .clamp-row")].map((row) => ({
+    feature: Number($("input.feature", row).value),
+    value: Number($("input.value", row).value),
+  }));
+}
+
+function showContinuation(box, prompt, text) {
+  $(".prompt-echo", box).textContent = prompt ? prompt : "<BOS>";
+  $(".cont", box).textContent = text;
+}
+
+async function generate() {
+  const button = $("#generate");
+  const status = $("#gen-status");
+  const prompt = $("#prompt").value;
+  const clamps = readClamps();
+  const body = {
+    prompt: prompt === "" ? null : prompt,
+    clamps,
+    mode: $("#mode").value,
+    max_new_tokens: Number($("#max-new-tokens").value),
+    temperature: Number($("#temperature").value),
+    top_p: Number($("#top-p").value),
+    seed: numberOrNull($("#seed")),
+    stream: true,
+  };
+  const boxes = { unsteered: $("#out-unsteered"), steered: $("#out-steered") };
+  $(".clamp-summary", boxes.steered).textContent = clamps.map((c) => `${c.feature}=${c.value}`).join(", ");
+  for (const b of Object.values(boxes)) {
+    showContinuation(b, prompt, "");
+    $(".meta", b).textContent = "";
+    b.classList.add("running");
+  }
+  button.disabled = true;
+  setStatus(status, "sending…");
+  const t0 = performance.now();
+  try {
+    const resp = await fetch("api/generate", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    if (!resp.ok) throw await apiError(resp);
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let finished = false;
+    const onEvent = (ev) => {
+      if (ev.event === "queued") {
+        setStatus(status, ev.position > 0 ? `queued (${ev.position} ahead)…` : "generating…");
+      } else if (ev.event === "step") {
+        setStatus(status, `generating… step ${ev.step + 1}`);
+        for (const name of ["unsteered", "steered"]) showContinuation(boxes[name], prompt, ev[name].text);
+      } else if (ev.event === "result") {
+        finished = true;
+        const r = ev.result;
+        for (const name of ["unsteered", "steered"]) {
+          showContinuation(boxes[name], prompt, r[name].text);
+          $(".meta", boxes[name]).textContent = `${r[name].tokens.length} tokens`;
+        }
+        const secs = ((performance.now() - t0) / 1000).toFixed(2);
+        setStatus(status, `done in ${secs} s (model ${r.elapsed_s.toFixed(2)} s)`);
+      } else if (ev.event === "error") {
+        finished = true;
+        setStatus(status, `error ${ev.status}: ${ev.detail}`, true);
+      }
+    };
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let i;
+      while ((i = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, i);
+        buffer = buffer.slice(i + 1);
+        if (line.trim()) onEvent(JSON.parse(line));
+      }
+    }
+    if (!finished) setStatus(status, "the stream ended early", true);
+  } catch (e) {
+    setStatus(status, e.message, true);
+  } finally {
+    button.disabled = false;
+    for (const b of Object.values(boxes)) b.classList.remove("running");
+  }
+}
+
+// ------------------------------------------------------------------------------------------ sweep browser
+let searchTimer = null;
+let sweepTicket = 0;
+
+function highlighter(q) {
+  const terms = [];
+  for (const m of q.matchAll(/"([^"]*)"|(\S+)/g)) {
+    if (m[1] && m[1].trim()) terms.push(m[1].trim());
+    else if (m[2]) terms.push(...(m[2].match(/[\p{L}\p{N}_]+/gu) || []));
+  }
+  if (!terms.length) return null;
+  const escaped = terms.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`(${escaped.join("|")})`, "giu");
+}
+
+function textCell(text, re) {
+  const td = el("td", { cls: "text" });
+  if (!re) { td.textContent = text; return td; }
+  let last = 0;
+  for (const m of text.matchAll(re)) {
+    if (m.index > last) td.append(text.slice(last, m.index));
+    td.append(el("mark", { text: m[0] }));
+    last = m.index + m[0].length;
+  }
+  td.append(text.slice(last));
+  return td;
+}
+
+function sweepColumns() {
+  const metrics = state.sweepMetrics;
+  const cols = ["feature", "value"];
+  if (metrics.includes("score")) cols.push("score");
+  cols.push("text");
+  for (const m of SHOWN_METRICS) if (metrics.includes(m)) cols.push(m);
+  if (!cols.includes(state.sweep.sort)) cols.push(state.sweep.sort);
+  return cols;
+}
+
+function renderSweepHead() {
+  const tr = el("tr");
+  for (const c of sweepColumns()) {
+    const sortable = c !== "text";
+    const mark = state.sweep.sort === c ? (state.sweep.order === "desc" ? " ▼" : " ▲") : "";
+    const th = el("th", { cls: (sortable ? "sortable" : "") + (state.sweep.sort === c ? " sorted" : ""), text: c + mark });
+    if (sortable) {
+      th.addEventListener("click", () => {
+        if (state.sweep.sort === c) state.sweep.order = state.sweep.order === "desc" ? "asc" : "desc";
+        else { state.sweep.sort = c; state.sweep.order = c === "feature" || c === "value" ? "asc" : "desc"; }
+        state.sweep.offset = 0;
+        loadSweeps();
+      });
+    }
+    tr.append(th);
+  }
+  $("#sweep-table thead").replaceChildren(tr);
+}
+
+async function loadSweeps() {
+  const info = state.info;
+  if (!info) return;
+  if (!info.results.length) { $("#no-results").hidden = false; $("#sweep-ui").hidden = true; return; }
+  const s = state.sweep;
+  const params = new URLSearchParams({
+    results: s.results, q: s.q, sort: s.sort, order: s.order, offset: s.offset, limit: s.limit,
+    per_feature: s.per_feature,
+  });
+  const ticket = ++sweepTicket;
+  let page;
+  try {
+    page = await api(`api/search?${params}`);
+  } catch (e) {
+    $("#sweep-total").textContent = e.message;
+    return;
+  }
+  if (ticket !== sweepTicket) return; // a newer query was sent meanwhile
+  state.sweepMetrics = page.metrics;
+  const sortSelect = $("#sort");
+  const keys = ["feature", "value", ...page.metrics];
+  if (sortSelect.options.length !== keys.length) {
+    sortSelect.replaceChildren(...keys.map((k) => el("option", { value: k, text: k })));
+  }
+  sortSelect.value = s.sort;
+  $("#order").textContent = s.order;
+  renderSweepHead();
+  const re = highlighter(s.q);
+  const cols = sweepColumns();
+  const rows = page.rows.map((r) => {
+    const tr = el("tr");
+    for (const c of cols) {
+      if (c === "feature") tr.append(el("td", { cls: "num" }, el("a", { href: `#/feature/${r.feature}`, text: String(r.feature) })));
+      else if (c === "value") tr.append(el("td", { cls: "num", text: fmt(r.value) }));
+      else if (c === "text") tr.append(textCell(r.text, re));
+      else tr.append(el("td", { cls: "num", text: fmt(r.metrics[c]) }));
+    }
+    return tr;
+  });
+  $("#sweep-table tbody").replaceChildren(...rows);
+  const first = page.total ? page.offset + 1 : 0;
+  const last = page.offset + page.rows.length;
+  $("#sweep-total").textContent = `${page.total} ${page.total === 1 ? "row" : "rows"}`;
+  $("#page-info").textContent = `${first}–${last} of ${page.total}`;
+  $("#prev").disabled = page.offset === 0;
+  $("#next").disabled = last >= page.total;
+  const folder = info.results.find((f) => f.id === s.results);
+  const ctx = [];
+  if (folder) {
+    ctx.push(`prompt: ${folder.prompt === null ? "<BOS>" : JSON.stringify(folder.prompt)}`);
+    if (folder.unsteered !== null) ctx.push(`unsteered: ${JSON.stringify(folder.unsteered)}`);
+    if (folder.manifest.sae) ctx.push(`SAE: ${folder.manifest.sae}`);
+  }
+  $("#sweep-context").textContent = ctx.join("   ·   ");
+}
+
+// ------------------------------------------------------------------------------------------ feature page
+function chips(container, items, cls) {
+  container.replaceChildren(...items.map((t) => el("span", { cls: `chip ${cls}`, title: fmt(t.value) },
+    JSON.stringify(t.text).slice(1, -1), el("span", { cls: "v", text: fmt(t.value, 2) }))));
+}
+
+async function loadFeature(f) {
+  state.feature = f;
+  $("#feature-input").value = f;
+  const status = $("#feature-status");
+  setStatus(status, "loading…");
+  let data;
+  try {
+    data = await api(`api/feature/${f}`);
+  } catch (e) {
+    setStatus(status, e.message, true);
+    $("#feature-body").hidden = true;
+    state.feature = null;
+    return;
+  }
+  setStatus(status, "");
+  state.featureData = data;
+  $("#feature-body").hidden = false;
+  $("#feature-title").textContent = `Feature ${data.feature}`;
+  const np = $("#np-link");
+  np.hidden = !data.neuronpedia_url;
+  if (data.neuronpedia_url) np.href = data.neuronpedia_url;
+  const stats = [`hook ${data.hook}`, `decoder norm ${fmt(data.decoder_norm)}`];
+  if (data.max_activation !== null) stats.push(`max activation ${fmt(data.max_activation)}`);
+  if (data.frequency !== null) stats.push(`fires on ${fmt(100 * data.frequency, 2)}% of tokens`);
+  if (data.facts_from) stats.push(`facts from ${data.facts_from}`);
+  if (data.suggested_value !== null) stats.push(`best sweep value ${fmt(data.suggested_value)}`);
+  $("#feature-stats").textContent = stats.join("  ·  ");
+  chips($("#lens-top"), data.lens_top, "pos");
+  chips($("#lens-bottom"), data.lens_bottom, "neg");
+  const silent = data.facts_from !== null && !data.contexts.length;
+  const none = (text) => el("span", { cls: "muted small", text });
+  $("#firing-words").replaceChildren(...data.firing_words.map((w) => el("span", { cls: "chip word", text: w })),
+    ...(silent ? [none("It does not fire on the reference text.")] : []));
+  $("#contexts").replaceChildren(...data.contexts.map((c) => el("li", {}, c.before,
+    el("span", { cls: "act", title: fmt(c.activation), text: c.token }), c.after,
+    el("span", { cls: "muted", text: `  (${fmt(c.activation, 3)})` }))));
+  $("#no-facts").hidden = data.facts_from !== null;
+  const blocks = data.sweeps.map((s) => {
+    const table = el("table", { cls: "rows" });
+    const metrics = s.rows.length && "score" in s.rows[0].metrics ? ["score"] : [];
+    table.append(el("thead", {}, el("tr", {}, el("th", { text: "value" }), ...metrics.map((m) => el("th", { text: m })),
+      el("th", { text: "text" }))));
+    table.append(el("tbody", {}, ...s.rows.map((r) => el("tr", {}, el("td", { cls: "num", text: fmt(r.value) }),
+      ...metrics.map((m) => el("td", { cls: "num", text: fmt(r.metrics[m]) })), el("td", { cls: "text", text: r.text })))));
+    return el("div", { cls: "sweep-block" }, el("h4", { text: s.label }), table);
+  });
+  $("#feature-sweeps").replaceChildren(...(blocks.length ? blocks : [el("p", { cls: "muted", text: "Not in any results folder." })]));
+  if (!$("#curve-prompt").value && state.info && state.info.results.length && state.info.results[0].prompt) {
+    $("#curve-prompt").value = state.info.results[0].prompt;
+  }
+  state.curve = null;
+  $("#curve-chart").replaceChildren();
+  $("#curve-table thead").replaceChildren();
+  $("#curve-table tbody").replaceChildren();
+  setStatus($("#curve-status"), "");
+}
+
+function sendToPlayground() {
+  const d = state.featureData;
+  if (!d) return;
+  $("#clamps").replaceChildren();
+  addClamp(d.feature, d.suggested_value !== null ? d.suggested_value : 20);
+  location.hash = "#/playground";
+}
+
+const CURVE_METRICS = {
+  score: "score", hits_words: "firing-word hits", hits_lens: "promoted-token hits", kl: "mean KL (nats)",
+  fluency_drop: "fluency drop (nats/token)", repetition: "repetition",
+};
+
+async function runCurve() {
+  const status = $("#curve-status");
+  const values = $("#curve-values").value.split(/[\s,]+/).filter((x) => x !== "").map(Number);
+  const prompt = $("#curve-prompt").value;
+  const body = {
+    feature: state.feature, values, prompt: prompt === "" ? null : prompt,
+    max_new_tokens: Number($("#curve-tokens").value),
+  };
+  $("#curve-run").disabled = true;
+  setStatus(status, "generating…");
+  try {
+    state.curve = await postJSON("api/compare", body);
+    setStatus(status, `done (model ${state.curve.elapsed_s.toFixed(2)} s)`);
+    const select = $("#curve-metric");
+    const available = Object.keys(CURVE_METRICS).filter((m) => state.curve.points.some((p) => p[m] !== null));
+    const keep = available.includes(select.value) ? select.value : available[0];
+    select.replaceChildren(...available.map((m) => el("option", { value: m, text: CURVE_METRICS[m] })));
+    select.value = keep;
+    drawCurve();
+  } catch (e) {
+    setStatus(status, e.message, true);
+  } finally {
+    $("#curve-run").disabled = false;
+  }
+}
+
+function svg(tag, attrs = {}, text = null) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+function drawCurve() {
+  const c = state.curve;
+  if (!c) return;
+  const metric = $("#curve-metric").value;
+  const pts = c.points.filter((p) => p[metric] !== null).map((p) => ({ x: p.value, y: p[metric] }));
+  const base = c.unsteered[metric];
+  const W = 640, H = 240, L = 56, R = 16, T = 14, B = 36;
+  const xs = pts.map((p) => p.x);
+  const ys = pts.map((p) => p.y).concat(base !== null ? [base] : []);
+  let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(0, ...ys), Math.max(...ys)];
+  if (x0 === x1) { x0 -= 1; x1 += 1; }
+  if (y0 === y1) { y1 = y0 + 1; }
+  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "strength curve" });
+  for (let i = 0; i <= 4; i++) {
+    const y = y0 + ((y1 - y0) * i) / 4;
+    root.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
+    root.append(svg("text", { x: L - 6, y: sy(y) + 4, "text-anchor": "end" }, fmt(y, 3)));
+  }
+  root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+  root.append(svg("line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
+  for (const p of pts) root.append(svg("text", { x: sx(p.x), y: H - B + 14, "text-anchor": "middle" }, fmt(p.x)));
+  root.append(svg("text", { x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle" }, `clamp value of feature ${c.feature}`));
+  if (base !== null) {
+    root.append(svg("line", { class: "base", x1: L, x2: W - R, y1: sy(base), y2: sy(base) }));
+    root.append(svg("text", { x: W - R, y: sy(base) - 4, "text-anchor": "end" }, "unsteered"));
+  }
+  const sorted = [...pts].sort((a, b) => a.x - b.x);
+  root.append(svg("polyline", { class: "line", points: sorted.map((p) => `${sx(p.x)},${sy(p.y)}`).join(" ") }));
+  for (const p of sorted) {
+    const dot = svg("circle", { class: "dot", cx: sx(p.x), cy: sy(p.y), r: 4 });
+    dot.append(svg("title", {}, `${fmt(p.x)}: ${fmt(p.y)}`));
+    root.append(dot);
+  }
+  root.append(svg("text", { x: L + 4, y: T + 10 }, CURVE_METRICS[metric]));
+  $("#curve-chart").replaceChildren(root);
+  const cols = ["value", metric, "text"];
+  $("#curve-table thead").replaceChildren(el("tr", {}, ...cols.map((k) => el("th", { text: k === metric ? CURVE_METRICS[k] : k }))));
+  const rows = [c.unsteered, ...c.points].map((p) => el("tr", {},
+    el("td", { cls: "num", text: p.value === null ? "unsteered" : fmt(p.value) }),
+    el("td", { cls: "num", text: fmt(p[metric]) }), el("td", { cls: "text", text: p.text })));
+  $("#curve-table tbody").replaceChildren(...rows);
+}
+
+// ------------------------------------------------------------------------------------------ start
+async function start() {
+  $("#add-clamp").addEventListener("click", () => addClamp());
+  $("#generate").addEventListener("click", generate);
+  $("#prompt").addEventListener("keydown", (e) => { if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) generate(); });
+  $("#search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => { state.sweep.q = $("#search").value; state.sweep.offset = 0; loadSweeps(); }, 200);
+  });
+  $("#sort").addEventListener("change", () => { state.sweep.sort = $("#sort").value; state.sweep.offset = 0; loadSweeps(); });
+  $("#order").addEventListener("click", () => { state.sweep.order = state.sweep.order === "desc" ? "asc" : "desc"; state.sweep.offset = 0; loadSweeps(); });
+  $("#per-feature").addEventListener("change", () => { state.sweep.per_feature = $("#per-feature").checked; state.sweep.offset = 0; loadSweeps(); });
+  $("#sweep-folder").addEventListener("change", () => { state.sweep.results = Number($("#sweep-folder").value); state.sweep.offset = 0; state.sweep.sort = "score"; loadSweeps(); });
+  $("#prev").addEventListener("click", () => { state.sweep.offset = Math.max(0, state.sweep.offset - state.sweep.limit); loadSweeps(); });
+  $("#next").addEventListener("click", () => { state.sweep.offset += state.sweep.limit; loadSweeps(); });
+  $("#feature-go").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const v = $("#feature-input").value;
+    if (v !== "") { state.feature = null; location.hash = `#/feature/${v}`; if (location.hash === `#/feature/${v}`) route(); }
+  });
+  $("#to-playground").addEventListener("click", sendToPlayground);
+  $("#curve-run").addEventListener("click", runCurve);
+  $("#curve-metric").addEventListener("change", drawCurve);
+  clampsChanged();
+  try {
+    state.info = await api("api/info");
+  } catch (e) {
+    const banner = $("#banner");
+    banner.textContent = `cannot reach the server: ${e.message}`;
+    banner.hidden = false;
+  }
+  const info = state.info;
+  if (info) {
+    $("#model-info").textContent = `${info.model} · ${info.sae} · ${info.hook} · ${info.d_sae} features`;
+    const lim = info.limits;
+    $("#max-new-tokens").max = lim.max_new_tokens;
+    $("#curve-tokens").max = lim.max_new_tokens;
+    $("#prompt").maxLength = lim.max_prompt_chars;
+    $("#feature-input").max = info.d_sae - 1;
+    $("#sweep-folder").replaceChildren(...info.results.map((f) => el("option", { value: f.id, text: `${f.label} (${f.rows} rows)` })));
+    $("#sweep-folder").hidden = info.results.length < 2;
+    if (info.results.length && !info.results[0].metrics.includes("score")) state.sweep.sort = "feature";
+  }
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+start();

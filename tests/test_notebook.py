@@ -60,7 +60,7 @@ def test_notebook_runs_on_stories260k(tmp_path, monkeypatch):
         "SAESTEER_NB_TRAIN_SAE": "1",
         "SAESTEER_NB_TRAIN_D_SAE": "256",
         "SAESTEER_NB_TRAIN_K": "8",
-        "SAESTEER_NB_TRAIN_SEQUENCES": "32",
+        "SAESTEER_NB_TRAIN_TOKENS": "4096",
         "SAESTEER_NB_TRAIN_STEPS": "150",
         "SAESTEER_NB_PROMPT": "Once upon a time",
         "SAESTEER_NB_VALUE": "6",

@@ -30,6 +30,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
         except SaesteerError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)

@@ -1,0 +1,29 @@
+"""Atomic writes leave either the old file or the new one, never a partial file, with normal permissions."""
+
+import os
+
+import pytest
+
+from saesteer.io import atomic_path, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_and_uses_umask_permissions(tmp_path):
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_failure_leaves_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "data.json"
+    atomic_write_json(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text().strip().startswith("{")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.json"]

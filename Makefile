@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,oracle,web,docs
+EXTRAS ?= test,oracle,web,docs,ray
 
 .PHONY: setup test demo bench docs clean
 

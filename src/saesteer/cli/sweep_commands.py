@@ -38,8 +38,16 @@ from saesteer.steering.clamp import MODES
               help="Tokens per reference sequence.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the results (resumable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run on Ray workers: --ray alone starts a local Ray instance; --ray auto or --ray ray://HOST:10001"
+                   " joins a cluster (needs pip install 'saesteer[ray]').")
+@click.option("--workers", default=None, type=click.IntRange(1, 1 << 16),
+              help="With --ray: worker processes, each loading the model once (default: as many as the cluster fits).")
+@click.option("--gpus-per-worker", default=0.0, show_default=True, type=click.FloatRange(0, 1024),
+              help="With --ray: GPUs Ray gives each worker (fractions share a GPU); 0: CPU workers.")
 def sweep(model, sae, hook, device, features, values, relative, prompt, max_new_tokens, mode, batch_size, dtype, engine,
-          shard, fluency, reference_text, reference_samples, reference_length, out, quiet):
+          shard, fluency, reference_text, reference_samples, reference_length, out, quiet, ray_address=None,
+          workers=None, gpus_per_worker=0.0):
     """Clamp every feature (of a range) to each value while generating, and measure each continuation.
 
     Writes OUT/manifest.json, OUT/results.jsonl and OUT/sentences.txt. Killed at any moment, the same command
@@ -49,6 +57,24 @@ def sweep(model, sae, hook, device, features, values, relative, prompt, max_new_
     from saesteer.sweep.spec import parse_shard
 
     shard_t = parse_shard(shard)
+    if ray_address is None and (workers is not None or gpus_per_worker):
+        raise click.UsageError("--workers and --gpus-per-worker go with --ray")
+    if ray_address is not None:
+        from saesteer.sweep.distributed import distributed_sweep
+
+        explicit = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
+        m = distributed_sweep(model, sae, hook=hook, device=device if explicit else None, engine=engine,
+                              address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker,
+                              features=features, values=list(values), relative=relative, prompt=prompt,
+                              max_new_tokens=max_new_tokens, mode=mode, fluency=fluency, dtype=dtype,
+                              batch_size=batch_size, shard=shard_t, out=out, reference_text=reference_text,
+                              reference_samples=reference_samples, reference_length=reference_length,
+                              progress=not quiet)
+        rate = m.get("features_per_second")
+        click.echo(f"{m['done']}/{m['n_features']} features done on Ray, status {m['status']}"
+                   + (f", {rate:.1f} features/s" if rate else "") + f"; see {out}/sentences.txt, or saesteer top {out}",
+                   err=True)
+        return
     st = build_steerer(model, sae, hook, device)
     st.engine = engine
     sw = Sweep(st, features=features, values=list(values), relative=relative, prompt=prompt,

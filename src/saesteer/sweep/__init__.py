@@ -3,14 +3,16 @@
 * ``Sweep`` / ``sweep``: the resumable, shardable, batched loop (``runner``); results are ``SweepResult``s.
 * ``SweepSpec``: what decides a sweep's results, and the identity resumes and merges check (``spec``).
 * ``ResultStore``: the folder, with its append-only, crash-safe ``results.jsonl`` (``store``).
+* ``distributed_sweep``: the same sweep on Ray workers, into one folder (``distributed``; needs ``saesteer[ray]``).
 * ``merge``: join shards; ``rank``/``top``: the best features (``rank``).
 """
 
+from saesteer.sweep.distributed import distributed_sweep
 from saesteer.sweep.merge import merge
 from saesteer.sweep.rank import Row, format_table, rank, top
 from saesteer.sweep.runner import Sweep, SweepResult, load_sweep, sweep
 from saesteer.sweep.spec import SweepSpec
 from saesteer.sweep.store import ResultStore, load_records
 
-__all__ = ["ResultStore", "Row", "Sweep", "SweepResult", "SweepSpec", "format_table", "load_records", "load_sweep",
-           "merge", "rank", "sweep", "top"]
+__all__ = ["ResultStore", "Row", "Sweep", "SweepResult", "SweepSpec", "distributed_sweep", "format_table",
+           "load_records", "load_sweep", "merge", "rank", "sweep", "top"]

@@ -1,0 +1,116 @@
+"""GPT-2's forward, step by step over a static KV cache, on the Hugging Face model's own weights.
+
+Same maths as ``transformers``' ``GPT2LMHeadModel`` (learned positions, LayerNorm, fused q/k/v, GELU MLP,
+tied unembedding); a unit test holds its logits to Hugging Face's. Conv1D stores ``[in, out]``; the
+linear layers here take ``[out, in]``, so each weight is transposed once when it is packed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from saesteer.engine.kernels import Decoder, Linear, StepContext, layer_norm, onednn_linear_available
+
+_GELU = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+
+
+def gpt2_unsupported(model: nn.Module) -> str | None:
+    """Why the fast GPT-2 decoder cannot run this model, or None."""
+    config = model.config
+    if getattr(config, "activation_function", "gelu_new") not in _GELU:
+        return f"activation {config.activation_function!r}"
+    if getattr(config, "add_cross_attention", False):
+        return "cross-attention"
+    if not getattr(model, "transformer", None) or not hasattr(model, "lm_head"):
+        return "not a GPT2LMHeadModel"
+    return None
+
+
+class GPT2Decoder(Decoder):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = True):
+        cfg = model.config
+        tr = model.transformer
+        self.dtype, self.device = dtype, device
+        model_dtype = tr.wte.weight.dtype
+        self.resid_dtype = torch.float32 if model_dtype == torch.float32 else model_dtype
+        if dtype != torch.float32:
+            self.resid_dtype = torch.float32  # mixed precision: bf16 matmuls, float32 residual stream
+        self.n_layers = cfg.n_layer
+        self.d_model = cfg.n_embd
+        self.n_heads = self.n_kv_heads = cfg.n_head
+        self.head_dim = self.d_model // self.n_heads
+        self.d_mlp = cfg.n_inner or 4 * self.d_model
+        self.vocab_size = cfg.vocab_size
+        self.max_positions = cfg.n_positions
+        self.eps = cfg.layer_norm_epsilon
+        self.act = _GELU[cfg.activation_function]
+        self._scale = [
+            (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
+            / (float(i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0)
+            for i in range(self.n_layers)
+        ]
+        rd = self.resid_dtype
+
+        def vec(t):
+            return t.detach().to(device=device, dtype=rd)
+
+        self.wte = tr.wte.weight.detach().to(device)  # the model's own tensors when already on device
+        self.wpe = tr.wpe.weight.detach().to(device)
+
+        def lin(conv, rows_hint=256):
+            return Linear(conv.weight.detach().t(), conv.bias, dtype=dtype, device=device, rows_hint=rows_hint)
+
+        self.layers = []
+        for blk in tr.h:
+            self.layers.append({
+                "ln1": (vec(blk.ln_1.weight), vec(blk.ln_1.bias)),
+                "ln2": (vec(blk.ln_2.weight), vec(blk.ln_2.bias)),
+                "qkv": lin(blk.attn.c_attn),
+                "o": lin(blk.attn.c_proj),
+                "fc": lin(blk.mlp.c_fc),
+                "proj": lin(blk.mlp.c_proj),
+            })
+        self.ln_f = (vec(tr.ln_f.weight), vec(tr.ln_f.bias))
+        head = model.lm_head
+        self.unembed_weight = head.weight.detach().to(device)
+        self.unembed = Linear(self.unembed_weight, getattr(head, "bias", None), dtype=dtype, device=device)
+        self.unembed_row_norm_max = float(self.unembed_weight.float().norm(dim=-1).max())
+        self.unembed_screen = None
+        if screen and dtype == torch.float32 and device.type == "cpu" and onednn_linear_available(torch.bfloat16) \
+                and getattr(head, "bias", None) is None:
+            self.unembed_screen = Linear(self.unembed_weight, None, dtype=torch.bfloat16, device=device)
+
+    def attn_scale(self, layer: int) -> float:
+        return self._scale[layer]
+
+    def embed(self, ids: Tensor, positions: Tensor) -> Tensor:
+        h = self.wte.index_select(0, ids) + self.wpe.index_select(0, positions)
+        return h.to(self.resid_dtype)
+
+    def _norm(self, h: Tensor, wb) -> Tensor:
+        return layer_norm(h, wb[0], wb[1], self.eps).to(self.dtype)
+
+    def norm1(self, layer: int, h: Tensor) -> Tensor:
+        return self._norm(h, self.layers[layer]["ln1"])
+
+    def norm2(self, layer: int, h: Tensor) -> Tensor:
+        return self._norm(h, self.layers[layer]["ln2"])
+
+    def final_norm(self, h: Tensor) -> Tensor:
+        return layer_norm(h.to(self.resid_dtype), self.ln_f[0], self.ln_f[1], self.eps)
+
+    def qkv(self, layer: int, x: Tensor, ctx: StepContext):
+        B, T = ctx.rows, ctx.width
+        y = self.layers[layer]["qkv"](x).view(B, T, 3, self.n_heads, self.head_dim)
+        q, k, v = (y[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, T, dh] views
+        return q, k, v
+
+    def attn_out(self, layer: int, a: Tensor) -> Tensor:
+        return self.layers[layer]["o"](a)
+
+    def mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
+        return self.layers[layer]["fc"](x, self.act)
+
+    def mlp_out(self, layer: int, m: Tensor) -> Tensor:
+        return self.layers[layer]["proj"](m.to(self.dtype))

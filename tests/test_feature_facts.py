@@ -140,3 +140,17 @@ def test_fingerprints_follow_weights_not_objects(tiny_sae):
     with torch.no_grad():
         m2.transformer.h[0].mlp.c_fc.weight.mul_(1.01)
     assert ff.model_fingerprint(m1) != ff.model_fingerprint(m2)
+
+
+def test_words_keep_the_spaces_a_lone_token_loses():
+    from saesteer.evaluation.text_metrics import token_words
+
+    vocab = [" the", " lady", "bug", " ran"]
+
+    def decode(ids):  # like SentencePiece: a text's leading space is dropped, so " lady" alone is "lady"
+        return "".join(vocab[i] for i in ids).lstrip()
+
+    texts = ff.tokens_in_context(decode, [0, 1, 2, 3])
+    assert texts == ["the", " lady", "bug", " ran"]
+    assert token_words(texts) == ["the", "ladybug", "ladybug", "ran"]
+    assert token_words([decode([i]) for i in [0, 1, 2, 3]]) == ["theladybugran"] * 4  # what it avoids

@@ -36,8 +36,8 @@ from torch import Tensor
 from saesteer.evaluation.text_metrics import Targets, content_words, token_words
 from saesteer.io import atomic_path, atomic_write_json
 
-FACTS_VERSION = 1
-_SAMPLE_CHUNK = 64
+FACTS_VERSION = 2
+_SAMPLE_CHUNK = 128
 """Rows per sampling call; fixed, so that sampled reference text does not depend on memory or batch size."""
 
 
@@ -421,6 +421,22 @@ def _token_text_fn(lm):
     return text, memo
 
 
+def tokens_in_context(decode, ids: Sequence[int]) -> list[str]:
+    """The text each token adds to the decoded sequence (``decode(ids[:i+1])`` minus ``decode(ids[:i])``).
+
+    Decoding tokens one by one loses what depends on context (SentencePiece drops the leading space of
+    a lone token, so ``"▁lady"`` alone is ``"lady"``); this keeps it, so words are cut where the text's
+    spaces are. A token that leaves a partial character (byte-level BPE) falls back to its lone text.
+    """
+    out: list[str] = []
+    prev = ""
+    for i in range(len(ids)):
+        cur = decode(ids[:i + 1])
+        out.append(cur[len(prev):] if cur.startswith(prev) else decode(ids[i:i + 1]))
+        prev = cur
+    return out
+
+
 def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 16, n_words: int = 16,
                   n_lens: int = 16, n_examples: int = 32, progress: bool = False) -> FactsTable:
     """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``."""
@@ -433,7 +449,7 @@ def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 1
     flat_ids = tokens.reshape(-1).tolist()
     flat_words: list[str | None] = []
     for row in tokens.tolist():
-        flat_words.extend(token_words([text_of(t) for t in row]))
+        flat_words.extend(token_words(tokens_in_context(lm.decode, row)))
     ex_idx = stats["example_index"].tolist()
     ex_val = stats["example_vals"].tolist()
     F = sae.d_sae

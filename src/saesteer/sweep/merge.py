@@ -10,6 +10,7 @@ renamed into place.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -83,25 +84,38 @@ def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
     if len(digests) > 1 and first.relative:
         raise SaesteerError("the shards computed different feature facts, and a relative sweep's clamp values come"
                             " from them; rerun the shards with the same --reference-text and facts")
-    records: list[dict] = []
-    for d, spec, m in zip(dirs, specs, manifests):
+    entries: list[tuple[int, int, int, int, int]] = []  # (feature, value index, folder, offset, length)
+    rescored: list[bool] = []
+    for i, (d, spec, m) in enumerate(zip(dirs, specs, manifests)):
         scan = st.scan_results(d / st.RESULTS, spec.values, set(spec.shard_features()))
         want = spec.n_shard_features()
         if len(scan.complete) != want or m.get("status") != "complete":
             raise SaesteerError(f"shard {spec.shard[0]}/{n} in {d} is not finished ({len(scan.complete)}/{want}"
                                 " features); run its sweep command again to finish it")
-        if m["facts"]["digest"] != facts.digest:
-            records.extend(rescore(r, facts, base) for r in scan.records)
-        else:
-            records.extend(scan.records)
-    records.sort(key=st.sort_key(first.values))
+        entries.extend((f, vi, i, off, length) for f, vi, off, length in scan.entries)
+        rescored.append(m["facts"]["digest"] != facts.digest)
+    entries.sort()
+    if any(a[:2] == b[:2] for a, b in zip(entries, entries[1:])):
+        raise SaesteerError("two shards hold the same feature; they are not shards of one split")
+
+    def lines():
+        handles = [open(d / st.RESULTS, "rb") for d in dirs]
+        try:
+            for _, _, i, offset, length in entries:
+                handles[i].seek(offset)
+                line = handles[i].read(length)
+                yield st.record_line(rescore(json.loads(line), facts, base)) if rescored[i] else line
+        finally:
+            for h in handles:
+                h.close()
+
     unsharded = first.unsharded()
     manifest = _merged_manifest(manifests, unsharded, dirs, facts)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         facts.save(staging / st.FACTS)
-        st.write_records(staging, records)
+        st.write_lines(staging, lines())
         st.write_manifest(staging, manifest)
         os.chmod(staging, 0o755)
         if out.exists():

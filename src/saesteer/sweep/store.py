@@ -59,59 +59,82 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
 
 @dataclass
 class Scan:
-    """What a results log holds once checked."""
+    """What a results log holds once checked: where its good lines are, not the lines themselves."""
 
-    records: list[dict] = field(default_factory=list)
-    """Valid records of complete features, in file order."""
+    entries: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """``(feature, value index, offset, length)`` of each kept line (complete features only), in file order."""
     complete: set[int] = field(default_factory=set)
     dropped: int = 0
     """Lines dropped: cut, unreadable, repeated, foreign, or of incomplete features."""
     cut_tail: bool = False
 
+    @property
+    def in_order(self) -> bool:
+        """Whether the kept lines are sorted by feature, then value (in the sweep's order of values)."""
+        keys = [e[:2] for e in self.entries]
+        return all(a <= b for a, b in zip(keys, keys[1:]))
+
+    def sorted_entries(self) -> list[tuple[int, int, int, int]]:
+        return sorted(self.entries, key=lambda e: e[:2])
+
+
+def _lines(path: Path):
+    """``(offset, line)`` for each line of ``path``, the last one possibly without its newline."""
+    with open(path, "rb") as f:
+        offset = 0
+        for line in f:
+            yield offset, line
+            offset += len(line)
+
 
 def scan_results(path: str | os.PathLike, values: Sequence[float], features: set[int] | None = None) -> Scan:
-    """Read ``results.jsonl``; keep the records of features that have every value exactly once."""
+    """Check ``results.jsonl`` line by line (streaming: memory holds four integers per line); keep the lines
+    of features that have every value exactly once."""
     path = Path(path)
     scan = Scan()
     if not path.is_file():
         return scan
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    tail = lines.pop()  # after the last newline: empty unless a write was cut
-    if tail.strip():
-        scan.cut_tail = True
-        scan.dropped += 1
-    wanted = set(float(v) for v in values)
-    by_feature: dict[int, dict[float, dict]] = {}
-    order: list[int] = []
-    for line in lines:
+    index = {float(v): i for i, v in enumerate(values)}
+    by_feature: dict[int, dict[int, tuple[int, int]]] = {}
+    for offset, line in _lines(path):
+        if not line.endswith(b"\n"):  # a write cut short
+            if line.strip():
+                scan.cut_tail = True
+                scan.dropped += 1
+            continue
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            f, v = rec["feature"], float(rec["value"])
-            ok = isinstance(f, int) and not isinstance(f, bool) and v in wanted and (features is None or f in features)
-        except (ValueError, KeyError, TypeError):
+            f, vi = rec["feature"], index.get(float(rec["value"]))
+            ok = (isinstance(f, int) and not isinstance(f, bool) and vi is not None
+                  and (features is None or f in features) and isinstance(rec.get("text"), str))
+        except (ValueError, KeyError, TypeError, AttributeError):
             ok = False
         if not ok:
             scan.dropped += 1
             continue
-        slot = by_feature.get(f)
-        if slot is None:
-            slot = by_feature[f] = {}
-            order.append(f)
-        if v in slot:
+        slot = by_feature.setdefault(f, {})
+        if vi in slot:
             scan.dropped += 1
             continue
-        slot[v] = rec
-    for f in order:
-        slot = by_feature[f]
-        if len(slot) == len(wanted):
+        slot[vi] = (offset, len(line))
+    for f, slot in by_feature.items():
+        if len(slot) == len(index):
             scan.complete.add(f)
-            scan.records.extend(slot[float(v)] for v in values)
+            scan.entries.extend((f, vi, off, n) for vi, (off, n) in slot.items())
         else:
             scan.dropped += len(slot)
+    scan.entries.sort(key=lambda e: e[2])
     return scan
+
+
+def read_lines(path: str | os.PathLike, entries: Iterable[tuple[int, int, int, int]]):
+    """The lines (bytes, with newline) at ``entries`` of ``path``, in the order given."""
+    with open(path, "rb") as f:
+        for _, _, offset, length in entries:
+            f.seek(offset)
+            yield f.read(length)
 
 
 def sort_key(values: Sequence[float]):
@@ -119,18 +142,20 @@ def sort_key(values: Sequence[float]):
     return lambda rec: (rec["feature"], index.get(float(rec["value"]), len(index)))
 
 
+def write_lines(directory: Path, lines: Iterable[bytes]) -> None:
+    """Write ``results.jsonl`` (these lines) and ``sentences.txt`` (from them) atomically, in one pass."""
+    with atomic_path(directory / RESULTS) as tmp_r, atomic_path(directory / SENTENCES) as tmp_s:
+        with open(tmp_r, "wb") as fr, open(tmp_s, "w", encoding="utf-8") as fs:
+            for line in lines:
+                fr.write(line)
+                fs.write(sentence_line(json.loads(line)))
+            fr.flush()
+            os.fsync(fr.fileno())
+
+
 def write_records(directory: Path, records: Iterable[dict]) -> None:
     """Write ``results.jsonl`` and ``sentences.txt`` atomically from ``records`` (in the given order)."""
-    records = list(records)
-    with atomic_path(directory / RESULTS) as tmp:
-        with open(tmp, "wb") as f:
-            for rec in records:
-                f.write(record_line(rec))
-            f.flush()
-            os.fsync(f.fileno())
-    with atomic_path(directory / SENTENCES) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(sentence_line(r) for r in records)
+    write_lines(directory, (record_line(r) for r in records))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -147,20 +172,31 @@ class ResultStore:
         self.directory = Path(directory)
         self.values = tuple(float(v) for v in values)
         self.directory.mkdir(parents=True, exist_ok=True)
-        scan = scan_results(self.directory / RESULTS, self.values, features)
+        path = self.directory / RESULTS
+        scan = scan_results(path, self.values, features)
         self.done: set[int] = scan.complete
         self.repaired = scan.dropped
-        self._key = sort_key(self.values)
-        self._sorted = all(self._key(a) <= self._key(b) for a, b in zip(scan.records, scan.records[1:]))
-        self._last_key = self._key(scan.records[-1]) if scan.records else None
-        if scan.dropped or not (self.directory / RESULTS).exists():
-            write_records(self.directory, scan.records)
+        self._index = {v: i for i, v in enumerate(self.values)}
+        self._sorted = scan.in_order
+        self._last_key = max((e[:2] for e in scan.entries), default=None) if self._sorted else None
+        if scan.dropped or not path.exists():
+            # Rewrite the log with its good lines only (and sorted, which costs nothing more).
+            self._rewrite(scan.sorted_entries())
+            self._sorted = True
+            self._last_key = scan.sorted_entries()[-1][:2] if scan.entries else None
         else:  # the log is clean: only the derived sentences file is rebuilt
             with atomic_path(self.directory / SENTENCES) as tmp:
                 with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(sentence_line(r) for r in scan.records)
-        self._results_fd = os.open(self.directory / RESULTS, os.O_WRONLY | os.O_APPEND)
+                    f.writelines(sentence_line(json.loads(line)) for line in read_lines(path, scan.entries))
+        self._results_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
         self._sentences_fd = os.open(self.directory / SENTENCES, os.O_WRONLY | os.O_APPEND)
+
+    def _rewrite(self, entries) -> None:
+        path = self.directory / RESULTS
+        if path.exists():
+            write_lines(self.directory, read_lines(path, entries))
+        else:
+            write_lines(self.directory, [])
 
     def append(self, records: Sequence[dict]) -> None:
         """Append the records of whole features (every value of each); durable when this returns."""
@@ -170,7 +206,7 @@ class ResultStore:
         os.fsync(self._results_fd)
         _write_all(self._sentences_fd, "".join(sentence_line(r) for r in records).encode("utf-8"))
         for r in records:
-            k = self._key(r)
+            k = (r["feature"], self._index.get(float(r["value"]), len(self._index)))
             if self._last_key is not None and k < self._last_key:
                 self._sorted = False
             self._last_key = k
@@ -187,8 +223,8 @@ class ResultStore:
         """Close, and leave both files sorted by feature then value (rewritten only when needed)."""
         self.close()
         if not self._sorted:
-            records = load_records(self.directory, self.values)
-            write_records(self.directory, sorted(records, key=sort_key(self.values)))
+            scan = scan_results(self.directory / RESULTS, self.values)
+            self._rewrite(scan.sorted_entries())
             self._sorted = True
 
     def __enter__(self):
@@ -199,14 +235,15 @@ class ResultStore:
 
 
 def load_records(directory: str | os.PathLike, values: Sequence[float] | None = None) -> list[dict]:
-    """The valid records of a sweep folder (values from its manifest unless given)."""
+    """The valid records of a sweep folder, in file order (values from its manifest unless given)."""
     directory = Path(directory)
     if values is None:
         manifest = read_manifest(directory)
         if manifest is None:
             raise SaesteerError(f"{directory} is not a sweep folder (no {MANIFEST}); run saesteer sweep --out {directory}")
         values = manifest["sweep"]["values"]
-    return scan_results(directory / RESULTS, values).records
+    scan = scan_results(directory / RESULTS, values)
+    return [json.loads(line) for line in read_lines(directory / RESULTS, scan.entries)]
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:

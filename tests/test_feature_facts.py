@@ -154,3 +154,22 @@ def test_words_keep_the_spaces_a_lone_token_loses():
     assert texts == ["the", " lady", "bug", " ran"]
     assert token_words(texts) == ["the", "ladybug", "ladybug", "ran"]
     assert token_words([decode([i]) for i in [0, 1, 2, 3]]) == ["theladybugran"] * 4  # what it avoids
+
+
+def test_sampled_text_is_reused_by_another_sae_of_the_same_model(tiny_loaded, tmp_path, monkeypatch):
+    from conftest import make_sae
+
+    first = ff.feature_facts(tiny_loaded, make_sae(d_sae=32), "blocks.6.hook_resid_post", samples=2, length=4,
+                             cache_dir=tmp_path)
+
+    def boom(*a, **k):
+        raise AssertionError("sampled again")
+
+    monkeypatch.setattr(ff, "sample_reference", boom)
+    other = ff.feature_facts(tiny_loaded, make_sae(d_sae=48, seed=4), "blocks.6.hook_resid_post", samples=2, length=4,
+                             cache_dir=tmp_path)
+    assert torch.equal(other.tensors["reference_tokens"], first.tensors["reference_tokens"])
+    assert len(other) == 48 and other.meta["reference"]["source"] == "sampled"
+    with pytest.raises(AssertionError, match="sampled again"):  # another seed is another text
+        ff.feature_facts(tiny_loaded, make_sae(d_sae=48, seed=4), "blocks.6.hook_resid_post", samples=2, length=4,
+                         seed=9, cache_dir=tmp_path)

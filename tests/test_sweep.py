@@ -96,6 +96,15 @@ def test_folder_contents(steerer, ref, tmp_path):
                 "lens_hits", "base_lens_hits", "repetition", "distinct", "fluency", "fluency_drop", "score"):
         assert key in rec
     assert rec["fluency"] is not None and rec["fluency"] < 0
+    # Every stored metric is what text_metrics gives for the stored text against the baseline and facts.
+    from saesteer.sweep.merge import rescore
+
+    stored = records(out)
+    for r in stored:
+        again = rescore(r, sw.facts, m["baseline"])
+        assert again.pop("fluency_drop") == pytest.approx(r["fluency_drop"], abs=1e-4)  # stored rounded
+        assert again == {k: v for k, v in r.items() if k != "fluency_drop"}
+    assert any(r["differs"] for r in stored) and any(r["lens_hits"] > 0 for r in stored)
 
 
 def test_relative_values_scale_by_max_activation(steerer, ref):

@@ -145,6 +145,28 @@ def sample_reference(lm, *, samples: int = 256, length: int = 64, seed: int = 0,
     return Reference(torch.tensor(rows, dtype=torch.long), desc)
 
 
+def _cached_sample(lm, directory: Path, *, samples: int, length: int, seed: int, engine: str, progress: bool,
+                   use_cache: bool) -> Reference:
+    """:func:`sample_reference`, kept per model (so facts of another SAE on the same model reuse the text)."""
+    from safetensors.torch import load_file, save_file
+
+    name = f"{model_fingerprint(lm.model)}-{samples}x{length}-seed{seed}-v{FACTS_VERSION}.safetensors"
+    path = directory / name
+    if use_cache and path.is_file():
+        try:
+            tokens = load_file(str(path))["tokens"].long()
+            desc = {"source": "sampled", "length": length, "sequences": samples, "seed": seed, "temperature": 1.0}
+            return Reference(tokens, desc)
+        except (OSError, ValueError, KeyError):
+            pass
+    reference = sample_reference(lm, samples=samples, length=length, seed=seed, engine=engine, progress=progress)
+    if use_cache:
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"tokens": reference.tokens.int().contiguous()}, str(tmp))
+    return reference
+
+
 def reference_key(*, reference_text: str | os.PathLike | None, samples: int, length: int, seed: int) -> dict:
     """What identifies a reference text before it is built (for the cache key)."""
     if reference_text is not None:
@@ -369,9 +391,10 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
     F = sae.d_sae
     n, T = tokens.shape
     k = min(k, n * T)
-    run_vals = torch.zeros(k, F)
-    run_idx = torch.full((k, F), -1, dtype=torch.long)
-    active = torch.zeros(F, dtype=torch.long)
+    dev = sae.device  # the running top-k stays where the SAE is (a GPU sends back [k, F] once, at the end)
+    run_vals = torch.zeros(k, F, device=dev)
+    run_idx = torch.full((k, F), -1, dtype=torch.long, device=dev)
+    active = torch.zeros(F, dtype=torch.long, device=dev)
     counted = 0
     chunk = max(64, (1 << 25) // F)  # tokens per encode: [chunk, F] floats stay near 128 MB
     skip = torch.tensor(sorted(set(int(s) for s in skip_ids)), dtype=torch.long)
@@ -383,9 +406,9 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
         flat_ids = block.reshape(-1)
         keep_all = ~torch.isin(flat_ids, skip) if skip.numel() else torch.ones_like(flat_ids, dtype=torch.bool)
         for c in range(0, x_all.shape[0], chunk):
-            x = x_all[c:c + chunk].to(sae.device)
-            keep = keep_all[c:c + chunk]
-            z = sae.encode(x).float().cpu()
+            x = x_all[c:c + chunk].to(dev)
+            keep = keep_all[c:c + chunk].to(dev)
+            z = sae.encode(x).float()
             z[~keep] = 0
             z.clamp_(min=0)
             active += (z > 0).sum(0)
@@ -401,6 +424,7 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
         bar.update(block.shape[0])
     bar.close()
     run_idx[run_vals <= 0] = -1
+    run_vals, run_idx, active = run_vals.cpu(), run_idx.cpu(), active.cpu()
     return {
         "example_vals": run_vals.T.contiguous(),
         "example_index": run_idx.T.contiguous().int(),
@@ -538,7 +562,8 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
         text = Path(reference_text).read_text(encoding="utf-8", errors="replace")
         reference = reference_from_text(lm, text, length=length, source=str(reference_text))
     else:
-        reference = sample_reference(lm, samples=samples, length=length, seed=seed, engine=engine, progress=progress)
+        reference = _cached_sample(lm, folder.parent.parent / "reference", samples=samples, length=length, seed=seed,
+                                   engine=engine, progress=progress, use_cache=use_cache)
     table = compute_facts(lm, sae, hook, reference, progress=progress, **defaults)
     table.meta["key"] = key
     if use_cache:

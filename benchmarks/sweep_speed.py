@@ -10,8 +10,9 @@ Contenders:
   (b) Hugging Face ``generate`` with a forward hook, 64 rows at a time;
   (c) saesteer, float32;
   (d) saesteer, bfloat16.
-(a) and (b) use ``saesteer``'s ``SAEClamp`` as the hook body (dense encode, clamp, dense decode), so every
-contender computes the same steering. Each contender runs in its own process (its peak memory is its own)
+(a) and (b) use ``saesteer``'s ``SAEClamp`` as the hook body: a dense encode, the clamp, and the decoded
+change ``x + decode(z') - decode(z)`` (saesteer's default delta clamp; ``--mode reconstruct`` replaces the
+activation by ``decode(z')``). Every contender computes the same steering. Each contender runs in its own process (its peak memory is its own)
 after an untimed warm-up; weights are rebuilt from the seed there and fingerprinted.
 
 Reported per contender: seconds, features/s, speed-up over (a), the fraction of rows whose tokens equal
@@ -261,6 +262,53 @@ def run_truth(model, sae, feats, args):
     return generate, 128
 
 
+ABLATION = [  # (label, dtype, knobs): each row adds one optimisation to the one before
+    ("tight loop: static cache, 64 rows, F.linear (MKL), full encode, float32 unembedding", "float32",
+     dict(pack=False, batch=64, topk_stride=1, unembed_screen=False, share=False)),
+    ("+ oneDNN pre-packed weights", "float32", dict(batch=64, topk_stride=1, unembed_screen=False, share=False)),
+    ("+ batch chosen from memory", "float32", dict(topk_stride=1, unembed_screen=False, share=False)),
+    ("+ TopK threshold bound (encode 1/16 of the latents)", "float32", dict(unembed_screen=False, share=False)),
+    ("+ exact bfloat16 screen of the logits", "float32", dict(share=False)),
+    ("+ shared prefixes (= (c))", "float32", dict()),
+    ("bfloat16, no re-scoring", "bfloat16", dict(rescore=0)),
+    ("bfloat16, top 8 re-scored in float32 (= (d))", "bfloat16", dict()),
+]
+
+
+def run_ablation(model, sae, feats, args):
+    """saesteer with its optimisations switched on one at a time (same process, same inputs)."""
+    import torch
+
+    from saesteer.engine import GenerationConfig, fast, kernels
+    from saesteer.steering.clamp import SAEClamp
+
+    config = GenerationConfig(max_new_tokens=args.tokens)
+    rows = []
+    for label, dtype_name, knobs in ABLATION:
+        kernels.PACK_WEIGHTS = knobs.get("pack", True)
+        fast.TOPK_SCREEN_STRIDE = knobs.get("topk_stride", 16)
+        fast.UNEMBED_SCREEN = knobs.get("unembed_screen", True)
+        fast.clear_cache()
+        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+
+        def generate(fs):
+            clamp = SAEClamp(sae, rows=[{f: args.value} for f in fs], mode=args.mode)
+            return fast.generate_ids_fast(model, [[BOS]] * len(fs), config, edits=[(HOOK, clamp)], eos_token_id=BOS,
+                                          pad_token_id=BOS, dtype=dtype, batch_size=knobs.get("batch", args.batch),
+                                          share_prefixes=knobs.get("share", True),
+                                          rescore=knobs.get("rescore", fast.DEFAULT_RESCORE))
+
+        generate(feats[:8])
+        best, tokens = float("inf"), None
+        for _ in range(max(1, args.repeats)):
+            t = time.perf_counter()
+            tokens = generate(feats)
+            best = min(best, time.perf_counter() - t)
+        rows.append({"label": label, "dtype": dtype_name, "seconds": best, "tokens": tokens})
+        print(f"    {label}: {len(feats) / best:.1f} features/s", file=sys.stderr, flush=True)
+    return rows
+
+
 WORKERS = {"a": run_tl, "b": run_hf, "c": run_saesteer("float32"), "d": run_saesteer("bfloat16"), "truth": run_truth}
 
 
@@ -273,21 +321,26 @@ def worker(name: str, args) -> dict:
     model, sae = build_inputs(args.seed, args.device)
     prints = fingerprint(model, sae)
     feats = features(args.features)
+    if name == "ablation":
+        return {"name": name, "rows": run_ablation(model, sae, feats, args), "fingerprint": prints}
     generate, chunk = WORKERS[name](model, sae, feats, args)
     del model  # (a) keeps only its TransformerLens copy
     chunk = chunk or len(feats)
     generate(feats[: min(8, len(feats))])  # warm-up: packing, allocator, lazy imports (untimed)
     setup = time.perf_counter() - t0
     reset_peak_memory(args.device)
-    tokens: list[list[int]] = []
-    sync(args.device)
-    t = time.perf_counter()
-    for i in range(0, len(feats), chunk):
-        tokens.extend(generate(feats[i:i + chunk]))
-    sync(args.device)
-    seconds = time.perf_counter() - t
-    return {"name": name, "seconds": seconds, "setup_s": setup, "peak_bytes": peak_memory(args.device),
-            "tokens": tokens, "fingerprint": prints, "threads": torch.get_num_threads()}
+    times = []
+    for _ in range(1 if name == "truth" else max(1, args.repeats)):  # best of the timed passes
+        tokens: list[list[int]] = []
+        sync(args.device)
+        t = time.perf_counter()
+        for i in range(0, len(feats), chunk):
+            tokens.extend(generate(feats[i:i + chunk]))
+        sync(args.device)
+        times.append(time.perf_counter() - t)
+    return {"name": name, "seconds": min(times), "all_seconds": times, "setup_s": setup,
+            "peak_bytes": peak_memory(args.device), "tokens": tokens, "fingerprint": prints,
+            "threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- matmul peak
@@ -334,7 +387,7 @@ def measure_peak(device: str, threads: int | None, seconds: float = 2.0) -> dict
 def spawn(name: str, args, tmp: Path) -> dict:
     out = tmp / f"{name}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-out", str(out)]
-    for key in ("features", "tokens", "device", "seed", "mode", "value", "threads", "batch"):
+    for key in ("features", "tokens", "device", "seed", "mode", "value", "threads", "batch", "repeats"):
         value = getattr(args, key)
         if value is not None:
             cmd += [f"--{key}", str(value)]
@@ -344,7 +397,8 @@ def spawn(name: str, args, tmp: Path) -> dict:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"worker {name} failed")
     result = json.loads(out.read_text())
-    print(f"  {name:5s} done in {time.perf_counter() - t:6.1f} s (timed part {result['seconds']:.2f} s)", flush=True)
+    timed = f" (timed part {result['seconds']:.2f} s)" if "seconds" in result else ""
+    print(f"  {name:5s} done in {time.perf_counter() - t:6.1f} s{timed}", flush=True)
     return result
 
 
@@ -388,14 +442,19 @@ def main(argv=None) -> int:
     p.add_argument("--features", type=int, default=512, help="features swept (one row each)")
     p.add_argument("--tokens", type=int, default=10, help="tokens generated per feature")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--mode", default="reconstruct", choices=["reconstruct", "delta"],
-                   help="clamp mode for every contender (the practical session's method reconstructs)")
+    p.add_argument("--mode", default="delta", choices=["delta", "reconstruct"],
+                   help="clamp mode for every contender (saesteer's default; reconstruct replaces the activation)")
     p.add_argument("--value", type=float, default=20.0, help="clamp value")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--batch", type=int, default=None, help="saesteer rows per chunk (default: chosen by the engine)")
+    p.add_argument("--repeats", type=int, default=2, help="timed passes per contender; the fastest counts")
+    p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                   help="first wait up to this long for the 1-minute load average to fall below 0.5")
     p.add_argument("--contenders", default="abcd", help="subset of abcd to run")
     p.add_argument("--no-check", action="store_true", help="skip the full-forward argmax check")
+    p.add_argument("--ablation", action="store_true",
+                   help="also run saesteer with its optimisations added one at a time (a few more minutes)")
     p.add_argument("--out", default=str(HERE / "results" / "sweep_speed.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -410,6 +469,9 @@ def main(argv=None) -> int:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA GPU here")
+    deadline = time.time() + args.wait_quiet
+    while args.wait_quiet and os.getloadavg()[0] >= 0.5 and time.time() < deadline:
+        time.sleep(5)
     info = machine_info(args.device)
     print(f"sweep benchmark: {args.features} features x {args.tokens} tokens, {args.mode} clamp to {args.value:g},"
           f" {args.device} ({info.get('gpu') or info.get('cpu')}, {info['threads']} threads,"
@@ -423,6 +485,7 @@ def main(argv=None) -> int:
         for name in names:
             results[name] = spawn(name, args, tmp)
         truth = None if args.no_check else spawn("truth", args, tmp)
+        ablation = spawn("ablation", args, tmp) if args.ablation else None
     prints = {r["fingerprint"] for r in results.values()} | ({truth["fingerprint"]} if truth else set())
     if len(prints) != 1:
         raise SystemExit(f"workers built different weights: {prints}")
@@ -458,12 +521,28 @@ def main(argv=None) -> int:
         print(f"| ({row['contender']}) {row['what']} | {row['seconds']:.1f} | {row['features_per_s']:.1f} | {speed} |"
               f" {eq} | {fmt_bytes(row['peak_bytes'])} | {100 * row['share_of_peak']:.0f}% of {row['peak_dtype']} |"
               f" {row['projected_32k_s'] / 60:.1f} min | {row['projected_128k_s'] / 60:.1f} min |")
+    ablation_rows = []
+    if ablation is not None:
+        print("\n| saesteer, one optimisation at a time | features/s | vs (a) | rows equal |")
+        print("|---|---|---|---|")
+        f32_tokens = results["c"]["tokens"] if "c" in results else None
+        for row in ablation["rows"]:
+            fps = args.features / row["seconds"]
+            ref = f32_tokens if row["dtype"] == "bfloat16" else (truth["tokens"] if truth else None)
+            eq = agreement(row["tokens"], ref) if ref is not None else None
+            ablation_rows.append({"label": row["label"], "dtype": row["dtype"], "seconds": row["seconds"],
+                                  "features_per_s": fps, "speedup_vs_a": base["seconds"] / row["seconds"] if base
+                                  else None, "rows_equal": eq})
+            speed = f"{base['seconds'] / row['seconds']:.1f}x" if base else "-"
+            eq_text = "-" if eq is None else f"{100 * eq:.1f}% {'(c)' if row['dtype'] == 'bfloat16' else 'argmax'}"
+            print(f"| {row['label']} | {fps:.1f} | {speed} | {eq_text} |")
     info["loadavg_end"] = os.getloadavg()[0]
     report = {
         "settings": {k: getattr(args, k) for k in ("features", "tokens", "device", "mode", "value", "seed", "threads",
-                                                    "batch")},
+                                                    "batch", "repeats")},
         "machine": info, "matmul_peak_gflops": peak, "flops_per_feature": per_feature,
-        "macs_per_token": macs_per_token(), "results": rows, "fingerprint": prints.pop(),
+        "macs_per_token": macs_per_token(), "results": rows, "ablation": ablation_rows,
+        "fingerprint": prints.pop(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

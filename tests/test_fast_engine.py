@@ -343,9 +343,21 @@ def test_screened_float32_argmax_is_exact_including_fallback(gpt2, monkeypatch):
     used = []
     real = dec.unembed
     monkeypatch.setattr(fast, "SCREEN_CANDIDATES", 1)  # a screen that rarely decides: the fallback runs
-    monkeypatch.setattr(dec, "unembed", lambda x, act="none": used.append(x.shape[0]) or real(x, act))
+    monkeypatch.setattr(dec, "full_unembed", lambda: (lambda x: used.append(x.shape[0]) or real(x)))
     assert torch.equal(fast._greedy_f32(dec, h), truth)
-    assert used
+    assert used and sum(used) < h.shape[0]
+
+
+def test_top_tokens_equals_topk():
+    g = torch.Generator().manual_seed(1)
+    for V in (50257, 1000, 64 * 3):
+        logits = torch.randn(7, V, generator=g).to(torch.bfloat16).float()
+        logits[0, -1] = 100.0  # the winner in the ragged tail block
+        vals, idx = fast.top_tokens(logits, 9)
+        ref = logits.topk(9, dim=-1)
+        assert torch.equal(vals, ref.values)
+        assert torch.equal(logits.gather(1, idx), ref.values)
+        assert idx[0, 0] == V - 1
 
 
 def test_kv_cache_select_rows_compacts_in_place():

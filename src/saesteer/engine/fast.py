@@ -44,6 +44,8 @@ __all__ = ["supports", "generate_ids_fast", "decoder_for", "clear_cache", "choos
 CPU_ROW_BLOCK = 256
 """Rows per block for the widest matmuls (unembedding, SAE encode) on CPU: outputs stay in the L3 cache."""
 CPU_MAX_BATCH = 512
+CPU_MEMORY_BUDGET = 2 << 30
+"""Working memory (cache, activations) a CPU chunk may take, at most a quarter of what is free."""
 CUDA_MAX_BATCH = 4096
 DEFAULT_RESCORE = 8
 """bfloat16 greedy: how many top candidates are re-scored in float32."""
@@ -51,7 +53,10 @@ SCREEN_CANDIDATES = 8
 """float32 greedy on CPU: candidates taken from the bfloat16 screen."""
 TOPK_SCREEN_STRIDE = 16
 TOPK_SCREEN_PER_K = 64
-"""Delta clamps on TopK SAEs bound the threshold with every ``stride``-th latent (at least 64 k of them)."""
+"""Delta clamps on TopK SAEs bound the threshold with every ``stride``-th latent (at least 64 k of them);
+a stride of 1 turns the bound off."""
+UNEMBED_SCREEN = True
+"""float32 greedy on CPU: screen the logits in bfloat16 (exact; off means the float32 unembedding)."""
 
 
 # --------------------------------------------------------------------------- which models
@@ -129,7 +134,7 @@ def decoder_for(model: nn.Module, dtype: torch.dtype | str | None = None) -> Dec
     reason = check(model) if check else "unknown model type"
     if cls is None or reason:
         raise SaesteerError(f"the fast engine does not support this model ({reason})")
-    dec = cls(model, dtype, device)
+    dec = cls(model, dtype, device, screen=UNEMBED_SCREEN)
     per_model[key] = (sig, dec)
     return dec
 
@@ -400,6 +405,8 @@ def choose_batch_size(dec: Decoder, n_rows: int, prompt_width: int, max_new_toke
     if cuda:  # the wide outputs (logits, SAE pre-activations) are not blocked on GPU
         per_row += (dec.vocab_size * 4 + sae_width * elt) * 2
     budget = (memory if memory is not None else _available_memory(dec.device)) // (2 if cuda else 4)
+    if not cuda:
+        budget = min(budget, CPU_MEMORY_BUDGET)
     fixed = 0 if cuda else CPU_ROW_BLOCK * (dec.vocab_size * 4 + sae_width * 4) * 2
     cap = CUDA_MAX_BATCH if cuda else CPU_MAX_BATCH
     fit = max(1, (budget - fixed) // max(per_row, 1))
@@ -408,31 +415,89 @@ def choose_batch_size(dec: Decoder, n_rows: int, prompt_width: int, max_new_toke
 
 # --------------------------------------------------------------------------- token choice
 
-def _greedy_f32(dec: Decoder, h: Tensor) -> Tensor:
-    """Exact float32 argmax of ``h @ W_U.T`` for final hidden states ``h [B, d]`` (float32)."""
+def top_tokens(logits: Tensor, r: int, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """The ``r`` largest logits per row, sorted: ``(values, indices) [b, r]``, equal to ``topk(r)``.
+
+    A full ``topk`` over 50k logits costs several times a max-reduction. Here one reduction gives every
+    ``chunk``-wide block's max; the top ``r`` tokens lie in the ``r`` blocks with the largest maxima (a block
+    that holds one of them has a max at least that large, and at most ``r`` blocks can beat it), so
+    ``topk`` runs over ``r * chunk`` gathered logits only.
+    """
+    b, V = logits.shape
+    n_full = V // chunk
+    if n_full <= r:
+        return logits.topk(r, dim=-1)
+    block_max = logits[:, : n_full * chunk].view(b, n_full, chunk).amax(dim=-1)
+    if V > n_full * chunk:
+        block_max = torch.cat([block_max, logits[:, n_full * chunk:].amax(dim=-1, keepdim=True)], dim=1)
+    blocks = block_max.topk(r, dim=-1, sorted=False).indices  # [b, r]
+    cols = (blocks.unsqueeze(-1) * chunk + torch.arange(chunk, device=logits.device)).view(b, r * chunk)
+    in_range = cols < V
+    vals = logits.gather(1, cols.clamp(max=V - 1))
+    vals = vals.masked_fill(~in_range, float("-inf"))
+    top = vals.topk(r, dim=-1)
+    return top.values, cols.gather(1, top.indices)
+
+
+def _exact_logits(dec: Decoder, h: Tensor, cand: Tensor) -> Tensor:
+    """float32 logits of candidate tokens ``cand [b, c]`` for hidden states ``h [b, d]``."""
+    w = dec.unembed_weight[cand].to(torch.float32)  # [b, c, d]
+    return torch.bmm(w, h.to(torch.float32).unsqueeze(-1)).squeeze(-1)
+
+
+def _pick(cand: Tensor, exact: Tensor) -> Tensor:
+    """The candidate with the largest exact logit; on ties the smallest token id, as ``argmax`` does."""
+    best = exact.max(dim=-1, keepdim=True).values
+    masked = torch.where(exact == best, cand, torch.full_like(cand, torch.iinfo(cand.dtype).max))
+    return masked.min(dim=-1).values
+
+
+class _ScreenStats:
+    """Counts screened rows that needed the full float32 logits; screening stops paying when many do
+    (e.g. a trained model with large logits, where the bfloat16 error bound admits many tokens)."""
+
+    def __init__(self):
+        self.rows = 0
+        self.fallbacks = 0
+
+    @property
+    def worth_it(self) -> bool:
+        return self.rows < 1024 or self.fallbacks * 5 < self.rows
+
+
+def _greedy_f32(dec: Decoder, h: Tensor, stats: _ScreenStats | None = None) -> Tensor:
+    """Exact float32 argmax of ``h @ W_U.T`` for final hidden states ``h [B, d]`` (float32).
+
+    On CPU the logits are screened with a bfloat16 unembedding: the top ``SCREEN_CANDIDATES`` are scored in
+    float32, and a rigorous bound on the bfloat16 error proves that no other token can win (else that row
+    gets the full float32 logits).
+    """
+    cpu = dec.device.type == "cpu"
     screen = dec.unembed_screen
-    if screen is None or h.shape[0] == 0:
-        return blocked(dec.unembed, h, CPU_ROW_BLOCK if dec.device.type == "cpu" else 1 << 30).argmax(dim=-1)
+    if screen is None or h.shape[0] == 0 or (stats is not None and not stats.worth_it):
+        return blocked(dec.full_unembed(), h, CPU_ROW_BLOCK if cpu else 1 << 30).argmax(dim=-1)
     c = SCREEN_CANDIDATES
 
     def screened(hb: Tensor) -> Tensor:
-        logits = screen(hb.to(torch.bfloat16))  # [b, V]
-        top = logits.topk(c + 1, dim=-1)  # sorted; the (c+1)-th bounds every token outside the candidates
-        cand = top.indices[:, :c]
-        w = dec.unembed_weight[cand].to(torch.float32)  # [b, c, d]
-        exact = torch.bmm(w, hb.unsqueeze(-1)).squeeze(-1)  # [b, c]
-        best_val, best_pos = exact.max(dim=-1)
-        # |bf16 logit - exact logit| <= (2^-8 + K 2^-24) * sum_i |h_i w_ti| + 2^-8 |logit|, with
+        vals, idx = top_tokens(screen(hb.to(torch.bfloat16)), c + 1)  # the (c+1)-th bounds all the others
+        cand = idx[:, :c]
+        exact = _exact_logits(dec, hb, cand)
+        tokens = _pick(cand, exact)
+        best_val = exact.max(dim=-1).values
+        # |bf16 logit - exact| <= (2^-8 + K 2^-24) sum_i |h_i w_ti| + 2^-8 |logit|, and
         # sum_i |h_i w_ti| <= |h| |w_t|; doubled for safety.
         K = hb.shape[1]
-        outside = top.values[:, c].float()
+        outside = vals[:, c].float()
         err = 2.0 * ((2.0 ** -8 + K * 2.0 ** -24) * hb.norm(dim=-1) * dec.unembed_row_norm_max
                      + 2.0 ** -8 * torch.maximum(outside.abs(), best_val.abs()))
         ok = outside + err < best_val
-        tokens = cand.gather(1, best_pos.unsqueeze(1)).squeeze(1)
+        if stats is not None:
+            stats.rows += ok.numel()
         if not bool(ok.all()):
             bad = (~ok).nonzero().flatten()
-            tokens[bad] = dec.unembed(hb[bad]).argmax(dim=-1)
+            if stats is not None:
+                stats.fallbacks += bad.numel()
+            tokens[bad] = dec.full_unembed()(hb[bad]).argmax(dim=-1)
         return tokens
 
     return blocked(screened, h, CPU_ROW_BLOCK)
@@ -445,21 +510,21 @@ def _greedy_low(dec: Decoder, h: Tensor, rescore: int) -> Tensor:
         logits = dec.unembed(hb.to(dec.dtype))
         if rescore <= 1:
             return logits.max(dim=-1).indices
-        cand = logits.topk(rescore, dim=-1, sorted=False).indices
-        w = dec.unembed_weight[cand].to(torch.float32)
-        exact = torch.bmm(w, hb.to(torch.float32).unsqueeze(-1)).squeeze(-1)
-        return cand.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+        cand = top_tokens(logits, rescore)[1]
+        return _pick(cand, _exact_logits(dec, hb, cand))
 
     return blocked(pick, h, CPU_ROW_BLOCK if dec.device.type == "cpu" else 1 << 30)
 
 
-def _next_tokens(dec: Decoder, h_last: Tensor, config: GenerationConfig, generators, rescore: int) -> Tensor:
+def _next_tokens(dec: Decoder, h_last: Tensor, config: GenerationConfig, generators, rescore: int,
+                 stats: _ScreenStats | None = None) -> Tensor:
     h = dec.final_norm(h_last)
     if config.greedy:
         if dec.dtype == torch.float32:
-            return _greedy_f32(dec, h)
+            return _greedy_f32(dec, h, stats)
         return _greedy_low(dec, h, rescore)
-    logits = blocked(lambda hb: dec.unembed(hb.to(dec.dtype)).float(), h,
+    head = dec.full_unembed()
+    logits = blocked(lambda hb: head(hb.to(dec.dtype)).float(), h,
                      CPU_ROW_BLOCK if dec.device.type == "cpu" else 1 << 30)
     return select_next(logits, config, generators)
 
@@ -557,6 +622,7 @@ class _Chunk:
         self.static = static
         self.cache = cache
         self.graph = None
+        self.screen_stats = _ScreenStats()
 
     def generate(self, eos_token_id, pad_token_id, on_step, generators, out, rescore: int) -> None:
         dec, config = self.dec, self.config
@@ -587,14 +653,14 @@ class _Chunk:
         alive = torch.ones(B, dtype=torch.bool, device=device)
         for step in range(steps):
             gens = None if generators is None else [generators[int(r)] for r in self.row_ids.tolist()]
-            nxt = _next_tokens(dec, h_last, config, gens, rescore)
+            nxt = _next_tokens(dec, h_last, config, gens, rescore, self.screen_stats)
             live = None if bool(alive.all()) else alive.nonzero().flatten()
             live_rows = self.row_ids if live is None else self.row_ids[live]
             live_tok = nxt if live is None else nxt[live]
             for r, t in zip(live_rows.tolist(), live_tok.tolist()):
                 out[r].append(t)
             if on_step is not None:
-                on_step(live_rows.clone().cpu(), live_tok.clone().cpu())
+                on_step(live_rows.clone(), live_tok.clone())
             if step == steps - 1:
                 break
             if config.stop_at_eos and eos_token_id is not None:

@@ -74,7 +74,7 @@ class GPT2Decoder(Decoder):
         self.ln_f = (vec(tr.ln_f.weight), vec(tr.ln_f.bias))
         head = model.lm_head
         self.unembed_weight = head.weight.detach().to(device)
-        self.unembed = Linear(self.unembed_weight, getattr(head, "bias", None), dtype=dtype, device=device)
+        self.unembed_bias = getattr(head, "bias", None)
         self.unembed_row_norm_max = float(self.unembed_weight.float().norm(dim=-1).max())
         self.unembed_screen = None
         if screen and dtype == torch.float32 and device.type == "cpu" and onednn_linear_available(torch.bfloat16) \

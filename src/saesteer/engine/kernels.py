@@ -26,6 +26,9 @@ _ACTS = {
 
 _ONEDNN_STATE: dict[torch.dtype, bool] = {}
 
+PACK_WEIGHTS = True
+"""Pre-pack CPU weights for oneDNN (a switch for benchmarks' ablations; off means plain ``F.linear``)."""
+
 
 def onednn_linear_available(dtype: torch.dtype) -> bool:
     """True when pre-packed oneDNN linear works for ``dtype`` here (checked once, numerically)."""
@@ -63,7 +66,7 @@ class Linear:
         self.bias = None if bias is None else bias.detach().to(device=device, dtype=dtype).contiguous()
         self.packed = None
         self.weight = w
-        if pack and device.type == "cpu" and onednn_linear_available(dtype):
+        if pack and PACK_WEIGHTS and device.type == "cpu" and onednn_linear_available(dtype):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows_hint)
                 self.weight = None
@@ -190,11 +193,24 @@ class Decoder:
     dtype: torch.dtype
     resid_dtype: torch.dtype
     device: torch.device
-    unembed: Linear
     unembed_weight: Tensor
     """``[vocab, d_model]`` in the model's own dtype (the HF parameter itself): rows gathered for re-scoring."""
     unembed_screen: Linear | None = None
     """A bfloat16 copy of the unembedding for exact screening of the float32 argmax (CPU), or None."""
+
+    unembed_bias: Tensor | None = None
+    _unembed: Linear | None = None
+
+    @property
+    def unembed(self) -> Linear:
+        """The unembedding in the compute dtype, packed on first use (a float32 greedy run on CPU may never
+        need it: its bfloat16 screen and float32 candidate scores decide almost every token)."""
+        if self._unembed is None:
+            self._unembed = Linear(self.unembed_weight, self.unembed_bias, dtype=self.dtype, device=self.device)
+        return self._unembed
+
+    def full_unembed(self) -> Linear:
+        return self.unembed
 
     # ---- parts a subclass implements
     def embed(self, ids: Tensor, positions: Tensor) -> Tensor: ...

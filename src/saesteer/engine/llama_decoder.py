@@ -83,7 +83,7 @@ class LlamaDecoder(Decoder):
         head = model.lm_head
         self.unembed_weight = head.weight.detach().to(device)
         self.unembed_row_norm_max = float(self.unembed_weight.float().norm(dim=-1).max())
-        self.unembed = Linear(self.unembed_weight, getattr(head, "bias", None), dtype=dtype, device=device)
+        self.unembed_bias = getattr(head, "bias", None)
         self.unembed_screen = None  # small vocabularies: the float32 unembedding is cheap
 
     def embed(self, ids: Tensor, positions: Tensor) -> Tensor:

@@ -360,6 +360,31 @@ def test_top_tokens_equals_topk():
         assert idx[0, 0] == V - 1
 
 
+def test_without_onednn_packing_and_after_weights_change(gpt2, sae, prompts, monkeypatch):
+    """The plain ``F.linear`` fallback gives the same tokens; packed copies are rebuilt when a weight changes."""
+    from saesteer.engine import kernels
+
+    def edits():
+        return [(HOOK, SAEClamp(sae, rows=[{3: 20.0}, {}, {5: 9.0}, {}]))]
+
+    cfg = GenerationConfig(max_new_tokens=5)
+    ref = generate_ids(gpt2, prompts, cfg, edits=edits(), pad_token_id=EOS)
+    monkeypatch.setattr(kernels, "PACK_WEIGHTS", False)
+    fast.clear_cache()
+    dec = fast.decoder_for(gpt2, torch.float32)
+    assert dec.layers[0]["fc"].packed is None
+    assert fast.generate_ids_fast(gpt2, prompts, cfg, edits=edits(), pad_token_id=EOS) == ref
+    monkeypatch.setattr(kernels, "PACK_WEIGHTS", True)
+    fast.clear_cache()
+    model = make_tiny_gpt2(n_layer=8, d_model=64, n_head=4, seed=0)
+    before = fast.decoder_for(model, torch.float32)
+    with torch.no_grad():
+        model.transformer.h[7].mlp.c_proj.weight.mul_(-1.0)
+    assert fast.decoder_for(model, torch.float32) is not before
+    assert fast.generate_ids_fast(model, prompts, cfg, edits=edits(), pad_token_id=EOS) == \
+        generate_ids(model, prompts, cfg, edits=edits(), pad_token_id=EOS)
+
+
 def test_kv_cache_select_rows_compacts_in_place():
     cache = KVCache(2, 4, 1, 5, 2, dtype=torch.float32, device=torch.device("cpu"))
     for r in range(4):

@@ -162,6 +162,7 @@ class SAEPack:
             d_sae = self.W_enc.shape[1]
             stride = screen_stride or max(1, min(TOPK_SCREEN_STRIDE, d_sae // (TOPK_SCREEN_PER_K * self.k)))
             if stride > 1:
+                self.col_norm_max = float(self.W_enc.float().norm(dim=0).max())
                 sub = torch.arange(0, d_sae, stride, device=device)
                 self.screen = Linear(self.W_enc.t()[sub], self.b_enc[sub], dtype=dtype, device=device,
                                      rows_hint=CPU_ROW_BLOCK)
@@ -290,8 +291,12 @@ class FusedClamp:
         else:
             low = blocked(p.screen, flat, p.row_block).topk(p.k, dim=-1, sorted=False).values.min(dim=-1).values
             low = low.to(torch.float32)
-            # margin for rounding: tiny in float32; a few bf16 ulps otherwise
-            margin = (1e-4 if exact_dtype else 2.0 ** -5) * (low.abs() + 1.0)
+            # Both the bound and pre_j carry rounding error: at most (u_in + K 2^-24) |x| max|w| + u_out |L| per
+            # dot product (u = 0 for float32 inputs and outputs, 2^-8 for bfloat16); doubled for safety.
+            K = flat.shape[1]
+            u = 0.0 if exact_dtype else 2.0 ** -8
+            scale = x_in.reshape(G * T, d).norm(dim=-1).to(torch.float32) * p.col_norm_max
+            margin = 2.0 * ((u + 2 * K * 2.0 ** -24) * scale + (u + 2.0 ** -20) * (low.abs() + 1.0))
             unsure = ((pre_j >= (low - margin)[tokens].unsqueeze(-1)) & mask.unsqueeze(1)).any(dim=-1)  # [B, T]
             if not bool(unsure.any()):
                 return torch.zeros_like(pre_j), None
@@ -400,6 +405,7 @@ def choose_batch_size(dec: Decoder, n_rows: int, prompt_width: int, max_new_toke
     elt = torch.empty((), dtype=dec.dtype).element_size()
     per_row = dec.cache_bytes_per_row(max_len)
     per_row += prompt_width * (4 * dec.d_model + dec.d_mlp) * 4 * 3  # prefill activations, float32, headroom
+    per_row += dec.n_heads * prompt_width * prompt_width * 4 * 3  # prefill attention scores and probabilities
     per_row += 8 * dec.d_model * 4
     cuda = dec.device.type == "cuda"
     if cuda:  # the wide outputs (logits, SAE pre-activations) are not blocked on GPU
@@ -533,7 +539,7 @@ def _next_tokens(dec: Decoder, h_last: Tensor, config: GenerationConfig, generat
 
 def _groups(keys: Tensor) -> tuple[Tensor, Tensor, int]:
     """Group equal rows of ``keys [B, ...]``: (first row of each group [G], group of each row [B], G)."""
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    _, inverse = torch.unique(keys, dim=0 if keys.dim() > 1 else None, return_inverse=True)
     G = int(inverse.max()) + 1 if inverse.numel() else 0
     B = keys.shape[0]
     rep = torch.full((G,), B, dtype=torch.long, device=keys.device)
@@ -602,8 +608,9 @@ def generate_ids_fast(
         chunk_edits = [(layer, kind, _select_rows(fn, index)) for layer, kind, fn in resolved]
         run = _Chunk(dec, [prompts[r] for r in chunk], chunk, config, chunk_edits, cache, share_prefixes,
                      static_steps)
+        cache = None  # the chunk holds the only reference: a cache too small for it is freed first
         run.generate(eos_token_id, pad_token_id, on_step, generators, out, rescore)
-        cache = run.cache
+        cache, run = run.cache, None
     return out
 
 
@@ -631,7 +638,13 @@ class _Chunk:
         B, W = ids.shape
         steps = config.max_new_tokens
         self.W = W
-        self.cache = dec.new_cache(B, W + steps - 1 if steps > 1 else W, self.cache)
+        max_len = W + steps - 1 if steps > 1 else W
+        old, self.cache = self.cache, None
+        if old is not None and not old.fits(dec.n_layers, B, dec.n_kv_heads, max_len, dec.head_dim, dec.dtype,
+                                            device):
+            old = None  # freed before the new buffers are taken
+        self.cache = dec.new_cache(B, max_len, old)
+        old = None
         positions = positions_from_mask(mask)  # [B, W]
         valid = mask.bool()
         # prefill mask: causal, pads hidden (a pad position sees itself only, so nothing is all -inf)
@@ -688,7 +701,7 @@ class _Chunk:
         S = self.W + step + 1
         share = None
         if self.share_ok and self.group is not None:
-            rep, group, G = _groups(torch.stack([self.group, nxt], dim=1))
+            rep, group, G = _groups(self.group * (self.dec.vocab_size + 1) + nxt)
             self.group = group
             if G * 2 <= nxt.numel():
                 share = Share(rep, group, self.boundary)

@@ -231,7 +231,6 @@ class Decoder:
         shape = (self.n_layers, rows, self.n_kv_heads, max_len, self.head_dim)
         if cache is not None and cache.fits(*shape, self.dtype, self.device):
             return cache.reset(rows)
-        cache = None  # free the old buffers before taking new ones
         return KVCache(*shape, dtype=self.dtype, device=self.device)
 
     def cache_bytes_per_row(self, max_len: int) -> int:

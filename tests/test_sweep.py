@@ -125,6 +125,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(steerer, ref, tmp_path):
     it.close()
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "running" and m["done"] == 4
+    assert len((out / "sentences.txt").read_text().splitlines()) == 8  # rewritten when the run stopped
     # A write cut by a crash, a repeated line, and a feature with only one of its values.
     lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
     with open(out / "results.jsonl", "a") as f:

@@ -412,6 +412,7 @@ class Sweep:
         seconds = time.time() - session.started
         cur = manifest["sessions"][-1]
         prev_seconds = cur["seconds"]
+        store.flush_sentences()
         cur.update(ended_at=_now(), features=session.features, seconds=round(seconds, 3))
         manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0.0) + seconds - prev_seconds, 3)
         manifest["done"] = len(store.done)

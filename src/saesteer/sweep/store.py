@@ -5,8 +5,8 @@ fsync'd, so a crash (even SIGKILL or power loss) leaves every earlier batch inta
 last line. On opening, the log is checked line by line: a cut or unreadable line is dropped, a repeated
 ``(feature, value)`` keeps its first copy, and the lines of a feature that lacks some of its values are
 dropped too, so that feature is redone whole. If anything was dropped the log is rewritten atomically
-before new lines are appended. ``sentences.txt`` is rebuilt from the log at every start and at the end;
-in between it grows with the log. Everything else is written atomically (``saesteer.io``).
+before new lines are appended. ``sentences.txt`` is derived from the log, and rewritten atomically from it
+at start, every manifest update and at the end, like everything else but the log (``saesteer.io``).
 """
 
 from __future__ import annotations
@@ -166,7 +166,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class ResultStore:
-    """An open sweep folder: which features are done, and an append-only log for new ones."""
+    """An open sweep folder: which features are done, and an append-only log for new ones.
+
+    ``sentences.txt`` is derived from the log: its lines are kept in memory and the file is rewritten
+    atomically by :meth:`flush_sentences` (the runner calls it with every manifest update) and on close.
+    """
 
     def __init__(self, directory: str | os.PathLike, values: Sequence[float], features: set[int] | None = None):
         self.directory = Path(directory)
@@ -177,19 +181,17 @@ class ResultStore:
         self.done: set[int] = scan.complete
         self.repaired = scan.dropped
         self._index = {v: i for i, v in enumerate(self.values)}
-        self._sorted = scan.in_order
-        self._last_key = max((e[:2] for e in scan.entries), default=None) if self._sorted else None
-        if scan.dropped or not path.exists():
-            # Rewrite the log with its good lines only (and sorted, which costs nothing more).
-            self._rewrite(scan.sorted_entries())
-            self._sorted = True
-            self._last_key = scan.sorted_entries()[-1][:2] if scan.entries else None
-        else:  # the log is clean: only the derived sentences file is rebuilt
-            with atomic_path(self.directory / SENTENCES) as tmp:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    f.writelines(sentence_line(json.loads(line)) for line in read_lines(path, scan.entries))
+        repair = bool(scan.dropped) or not path.exists()
+        entries = scan.sorted_entries() if repair else scan.entries
+        self._sentences = [sentence_line(json.loads(line)) for line in read_lines(path, entries)] if path.exists() else []
+        self._flushed = -1
+        if repair:  # rewrite the log with its good lines only (and sorted, which costs nothing more)
+            self._rewrite(entries)
+            self._flushed = len(self._sentences)
+        self._sorted = all(a[:2] <= b[:2] for a, b in zip(entries, entries[1:]))
+        self._last_key = entries[-1][:2] if entries else None
+        self.flush_sentences()
         self._results_fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self._sentences_fd = os.open(self.directory / SENTENCES, os.O_WRONLY | os.O_APPEND)
 
     def _rewrite(self, entries) -> None:
         path = self.directory / RESULTS
@@ -202,9 +204,11 @@ class ResultStore:
         """Append the records of whole features (every value of each); durable when this returns."""
         if not records:
             return
+        if self._results_fd is None:
+            raise SaesteerError("this sweep folder was closed; open it again to add results")
         _write_all(self._results_fd, b"".join(record_line(r) for r in records))
         os.fsync(self._results_fd)
-        _write_all(self._sentences_fd, "".join(sentence_line(r) for r in records).encode("utf-8"))
+        self._sentences.extend(sentence_line(r) for r in records)
         for r in records:
             k = (r["feature"], self._index.get(float(r["value"]), len(self._index)))
             if self._last_key is not None and k < self._last_key:
@@ -212,12 +216,21 @@ class ResultStore:
             self._last_key = k
         self.done.update(r["feature"] for r in records)
 
+    def flush_sentences(self) -> None:
+        """Rewrite ``sentences.txt`` (atomically) if results came since the last time."""
+        if self._flushed == len(self._sentences):
+            return
+        with atomic_path(self.directory / SENTENCES) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(self._sentences)
+        self._flushed = len(self._sentences)
+
     def close(self) -> None:
-        for name in ("_results_fd", "_sentences_fd"):
-            fd = getattr(self, name, None)
-            if fd is not None:
-                os.close(fd)
-                setattr(self, name, None)
+        fd = getattr(self, "_results_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._results_fd = None
+            self.flush_sentences()
 
     def finalise(self) -> None:
         """Close, and leave both files sorted by feature then value (rewritten only when needed)."""

@@ -184,6 +184,8 @@ def test_relu_family_clamps(gpt2, prompts, activation):
     ref, got = run_both(gpt2, prompts, GenerationConfig(max_new_tokens=6),
                         lambda: [(HOOK, SAEClamp(rsae, rows=rows))], eos_token_id=EOS)
     assert got == ref
+    assert got != fast.generate_ids_fast(gpt2, prompts, GenerationConfig(max_new_tokens=6), pad_token_id=EOS,
+                                         eos_token_id=EOS)
 
 
 @pytest.mark.parametrize("site", ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out",
@@ -212,12 +214,17 @@ def test_plain_edit_fns_at_every_site(gpt2, prompts, site):
 
 
 def test_two_edits_in_order_at_one_site_and_another_layer(gpt2, sae, prompts):
-    def edits():
+    push = 2 * torch.randn(64, generator=torch.Generator().manual_seed(2))
+
+    def edits():  # the push changes the activation's std, so it does not commute with the clamp
         return [("blocks.2.hook_resid_mid", lambda a: a * 1.5), (HOOK, SAEClamp(sae, {4: 15.0})),
-                (HOOK, lambda a: a - 0.5)]
+                (HOOK, lambda a: a + push)]
 
     ref, got = run_both(gpt2, prompts, GenerationConfig(max_new_tokens=6), edits, eos_token_id=EOS)
     assert got == ref
+    swapped = fast.generate_ids_fast(gpt2, prompts, GenerationConfig(max_new_tokens=6), pad_token_id=EOS,
+                                     eos_token_id=EOS, edits=[edits()[0], edits()[2], edits()[1]])
+    assert swapped != got  # the order of edits at one site matters, and is kept
 
 
 def test_rows_leave_at_eos(gpt2, sae):

@@ -324,6 +324,7 @@ def worker(name: str, args) -> dict:
     if name == "ablation":
         return {"name": name, "rows": run_ablation(model, sae, feats, args), "fingerprint": prints}
     generate, chunk = WORKERS[name](model, sae, feats, args)
+    model_ref = [model] if name in ("c", "d") else []
     del model  # (a) keeps only its TransformerLens copy
     chunk = chunk or len(feats)
     generate(feats[: min(8, len(feats))])  # warm-up: packing, allocator, lazy imports (untimed)
@@ -338,8 +339,20 @@ def worker(name: str, args) -> dict:
             tokens.extend(generate(feats[i:i + chunk]))
         sync(args.device)
         times.append(time.perf_counter() - t)
+    peak = peak_memory(args.device)
+    sweep_chunk = chunk
+    if name in ("c", "d"):  # a full sweep may use bigger chunks than N rows: measure one such chunk too
+        from saesteer.engine import fast
+
+        dtype = torch.float32 if name == "c" else torch.bfloat16
+        sweep_chunk = args.batch or fast.choose_batch_size(fast.decoder_for(model_ref[0], dtype), N_LATENTS, 1,
+                                                           args.tokens, sae_width=N_LATENTS)
+        if sweep_chunk > len(feats):
+            reset_peak_memory(args.device)
+            generate(features(sweep_chunk))
+            peak = max(peak, peak_memory(args.device))
     return {"name": name, "seconds": min(times), "all_seconds": times, "setup_s": setup,
-            "peak_bytes": peak_memory(args.device), "tokens": tokens, "fingerprint": prints,
+            "peak_bytes": peak, "sweep_chunk_rows": sweep_chunk, "tokens": tokens, "fingerprint": prints,
             "threads": torch.get_num_threads()}
 
 
@@ -504,7 +517,8 @@ def main(argv=None) -> int:
             "contender": name, "what": CONTENDERS[name], "seconds": r["seconds"], "features_per_s": fps,
             "speedup_vs_a": (base["seconds"] / r["seconds"]) if base else None,
             "rows_equal": agreement(r["tokens"], ref) if ref is not None else None, "equal_to": ref_name,
-            "peak_bytes": r["peak_bytes"], "gflops": per_feature * fps / 1e9,
+            "peak_bytes": r["peak_bytes"], "sweep_chunk_rows": r.get("sweep_chunk_rows"),
+            "gflops": per_feature * fps / 1e9,
             "share_of_peak": per_feature * fps / 1e9 / peak[dtype], "peak_dtype": dtype, "setup_s": r["setup_s"],
         }
         row["projected_32k_s"] = N_LATENTS / fps

@@ -43,7 +43,7 @@ __all__ = ["supports", "generate_ids_fast", "decoder_for", "clear_cache", "choos
 
 CPU_ROW_BLOCK = 256
 """Rows per block for the widest matmuls (unembedding, SAE encode) on CPU: outputs stay in the L3 cache."""
-CPU_MAX_BATCH = 512
+CPU_MAX_BATCH = 1024
 CPU_MEMORY_BUDGET = 2 << 30
 """Working memory (cache, activations) a CPU chunk may take, at most a quarter of what is free."""
 CUDA_MAX_BATCH = 4096

@@ -107,3 +107,18 @@ def test_sampling_follows_the_distribution():
     counts = torch.bincount(torch.cat([select_next(logits, cfg, gens) for _ in range(4000)]), minlength=3)
     assert counts[0] == 0
     assert 850 < counts[1] < 1150 and 2850 < counts[2] < 3150
+
+
+def test_context_manager_hooks_apply_to_steerer_generation(tiny_loaded):
+    """Hooks placed with edit() around a generate call take effect, whichever engine would run."""
+    from saesteer.steerer import Steerer
+    from saesteer.steering.hooks import active_hook_count, edit
+
+    st = Steerer(tiny_loaded, hook="blocks.4.hook_resid_post")
+    plain = st.generate("Happiness is").tokens
+    via_arg = st.generate("Happiness is", edit=lambda a: -10 * a).tokens
+    with edit(st.model, "blocks.4.hook_resid_post", lambda a: -10 * a):
+        assert active_hook_count(st.model) == 1
+        via_context = st.generate("Happiness is").tokens
+    assert active_hook_count(st.model) == 0
+    assert via_context == via_arg != plain

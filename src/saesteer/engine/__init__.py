@@ -16,17 +16,22 @@ def generate_ids(model, prompts, config: GenerationConfig = GenerationConfig(), 
     ``reference``. ``dtype`` (fast engine only): compute dtype, e.g. ``torch.bfloat16``. ``batch_size``
     (fast engine only): rows per chunk; chosen from memory when None.
     """
+    from saesteer.steering.hooks import active_hook_count
+
     use_fast = False
-    if engine in ("auto", "fast"):
+    # Hooks a user placed with record()/edit()/clamp() around this call live on the HF modules, which the
+    # fast decoder does not run: such calls take the reference loop so that the hooks apply.
+    if engine in ("auto", "fast") and active_hook_count(model) == 0:
         try:
             from saesteer.engine import fast
         except ImportError:  # the fast decoder is optional
             fast = None
         use_fast = fast is not None and fast.supports(model, config)
-        if engine == "fast" and not use_fast:
-            from saesteer.errors import SaesteerError
+    if engine == "fast" and not use_fast:
+        from saesteer.errors import SaesteerError
 
-            raise SaesteerError("the fast engine does not support this model or these settings; use engine='reference'")
+        raise SaesteerError("the fast engine does not support this model, these settings or hooks placed around"
+                            " the call; use engine='reference'")
     if use_fast:
         return fast.generate_ids_fast(model, prompts, config, edits=edits, eos_token_id=eos_token_id,
                                       pad_token_id=pad_token_id, on_step=on_step, dtype=dtype, batch_size=batch_size)

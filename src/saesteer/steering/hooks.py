@@ -25,12 +25,21 @@ def _unwrap(model):
     return getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
 
 
+ACTIVE_ATTR = "_saesteer_active_hooks"
+
+
+def active_hook_count(model) -> int:
+    """How many saesteer hooks are on ``model`` now (the fast engine defers to the reference loop if any)."""
+    return getattr(_unwrap(model), ACTIVE_ATTR, 0)
+
+
 @contextlib.contextmanager
 def hooks(model, edits: Iterable[tuple[str, EditFn]]):
     """Register ``(hook_name, fn)`` pairs for the duration of the block; all are removed on exit."""
     module = _unwrap(model)
     sites = [(hook_site(module, name), fn) for name, fn in edits]  # resolve all before touching the model
     handles = []
+    setattr(module, ACTIVE_ATTR, active_hook_count(module) + len(sites))
     try:
         for site, fn in sites:
             handles.append(site.register(fn))
@@ -38,6 +47,7 @@ def hooks(model, edits: Iterable[tuple[str, EditFn]]):
     finally:
         for handle in handles:
             handle.remove()
+        setattr(module, ACTIVE_ATTR, active_hook_count(module) - len(sites))
 
 
 class Recording:

@@ -122,3 +122,13 @@ def test_context_manager_hooks_apply_to_steerer_generation(tiny_loaded):
         via_context = st.generate("Happiness is").tokens
     assert active_hook_count(st.model) == 0
     assert via_context == via_arg != plain
+
+
+def test_a_dtype_the_reference_loop_cannot_honour_is_refused(tiny_gpt2):
+    from saesteer.engine import generate_ids as dispatch
+
+    with pytest.raises(SaesteerError, match="needs the fast engine"):
+        dispatch(tiny_gpt2, [[EOS]], GenerationConfig(max_new_tokens=2), engine="reference", dtype="bfloat16")
+    out = dispatch(tiny_gpt2, [[EOS]], GenerationConfig(max_new_tokens=2, stop_at_eos=False), engine="reference",
+                   dtype="float32")
+    assert len(out[0]) == 2

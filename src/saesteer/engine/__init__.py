@@ -4,6 +4,8 @@ reference loop over the Hugging Face forward (``engine.generate``)."""
 from __future__ import annotations
 
 from saesteer.engine.generate import GenerationConfig, full_forward_argmax, generate_ids as reference_generate_ids
+from saesteer.errors import SaesteerError
+from saesteer.models.loading import parse_dtype
 
 __all__ = ["GenerationConfig", "generate_ids", "reference_generate_ids", "full_forward_argmax"]
 
@@ -28,10 +30,11 @@ def generate_ids(model, prompts, config: GenerationConfig = GenerationConfig(), 
             fast = None
         use_fast = fast is not None and fast.supports(model, config)
     if engine == "fast" and not use_fast:
-        from saesteer.errors import SaesteerError
-
         raise SaesteerError("the fast engine does not support this model, these settings or hooks placed around"
                             " the call; use engine='reference'")
+    if not use_fast and dtype is not None and parse_dtype(dtype) != next(model.parameters()).dtype:
+        raise SaesteerError(f"computing in {dtype} needs the fast engine, which cannot run this call; load the"
+                            " model in that dtype instead (load_model(..., dtype=...)) or drop --dtype")
     if use_fast:
         return fast.generate_ids_fast(model, prompts, config, edits=edits, eos_token_id=eos_token_id,
                                       pad_token_id=pad_token_id, on_step=on_step, dtype=dtype, batch_size=batch_size)

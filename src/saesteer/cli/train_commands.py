@@ -1,0 +1,172 @@
+"""Training commands: train-sae (a TopK SAE on a model's activations) and validate (the method on a real model)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.validation import ValidationConfig
+
+
+def _held_out(acts, n: int):
+    """Split ``acts`` into (training, held-out tail of ``n`` rows); no held-out part when it would take over half."""
+    if n <= 0 or n * 2 > acts.shape[0]:
+        return acts, None
+    return acts[:-n], acts[-n:]
+
+
+@click.command("train-sae")
+@click.option("--model", required=True, help="A local Hugging Face model directory (GPT-2 or Llama family) or hub id.")
+@click.option("--hook", required=True, help="Hook site, e.g. blocks.2.hook_resid_post.")
+@click.option("--latents", default=1024, show_default=True, type=click.IntRange(1, 1 << 24), help="SAE width (d_sae).")
+@click.option("--k", default=16, show_default=True, type=click.IntRange(1, 1 << 16),
+              help="Active latents per token (TopK).")
+@click.option("--tokens", default=1_000_000, show_default=True, type=click.IntRange(2, 1 << 34),
+              help="Training tokens (activation vectors); with --text, at most this many of the file's.")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="UTF-8 text file to take activations from.")
+@click.option("--self-generate", is_flag=True,
+              help="Take activations from text the model samples itself from BOS (the default without --text).")
+@click.option("--separator", default=None, help="With --text: split the file into documents at this string.")
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2, 1 << 16),
+              help="Positions per sampled sequence (or per window of --text).")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Sampling temperature with --self-generate.")
+@click.option("--epochs", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="Passes over the training tokens.")
+@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Tokens per Adam step.")
+@click.option("--lr", default=None, type=click.FloatRange(0, min_open=True),
+              help="Adam learning rate (default: 5 * 2e-4 / sqrt(latents / 16384)).")
+@click.option("--eval-tokens", default=65_536, show_default=True, type=click.IntRange(0, 1 << 30),
+              help="Held-out tokens for the final statistics (sampled with another seed, or the end of --text); "
+                   "0 measures on the training tokens.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling, initialisation and order.")
+@click.option("--device", default="cpu", show_default=True, help="Device the model runs on to collect activations.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SAE (SAELens format).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separator, seq_len, temperature, epochs,
+              batch_size, lr, eval_tokens, seed, device, out, quiet):
+    """Train a TopK SAE (OpenAI v5 recipe) on MODEL's activations at HOOK and save it to OUT.
+
+    The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights.
+    """
+    from saesteer.io import atomic_write_json
+    from saesteer.models.loading import load_model
+    from saesteer.saes import load_sae, save_sae
+    from saesteer.training import file_activations, sample_activations, train_topk_sae
+
+    if text_file and self_generate:
+        raise click.UsageError("give --text FILE or --self-generate, not both")
+    if separator is not None and not text_file:
+        raise click.UsageError("--separator goes with --text")
+    if k > latents:
+        raise SaesteerError(f"--k {k} is larger than --latents {latents}")
+    progress = not quiet
+    started = time.perf_counter()
+    lm = load_model(model, device=device)
+    if text_file:
+        acts = file_activations(lm, text_file, hook, separator=separator, seq_len=seq_len, progress=progress)
+        acts, held = _held_out(acts, eval_tokens)
+        if acts.shape[0] > tokens:
+            acts = acts[:tokens]
+        source = {"text": str(text_file), "separator": separator}
+    else:
+        acts = sample_activations(lm, hook, tokens, seq_len=seq_len, temperature=temperature, seed=seed,
+                                  progress=progress)
+        held = (sample_activations(lm, hook, eval_tokens, seq_len=seq_len, temperature=temperature,
+                                   seed=seed + 1_000_003, progress=progress) if eval_tokens else None)
+        source = {"self_generate": True, "temperature": temperature}
+    collected = time.perf_counter()
+    sae, stats = train_topk_sae(acts, d_sae=latents, k=k, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                hook_name=hook, eval_acts=held, progress=progress)
+    sae.cfg.extra["model_name"] = lm.name
+    folder = save_sae(sae, out)
+    load_sae(str(folder))  # what the other commands will do; fails here, not later, if the folder is unreadable
+    info = {
+        "model": lm.name, "hook": hook, "latents": latents, "k": k, "tokens": int(acts.shape[0]),
+        "source": source, "seq_len": seq_len, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "steps": stats.steps, "variance_explained": stats.variance_explained, "l0": stats.l0,
+        "dead_fraction": stats.dead_fraction, "eval_tokens": stats.eval_tokens,
+        "eval": "held-out" if held is not None else "training tokens",
+        "collect_seconds": round(collected - started, 2), "train_seconds": round(stats.seconds, 2),
+    }
+    atomic_write_json(Path(folder) / "training.json", info)
+    click.echo(f"saved {latents} latents (k={k}) at {hook} to {folder}: variance explained "
+               f"{stats.variance_explained:.4f}, L0 {stats.l0:.1f}, dead {100 * stats.dead_fraction:.2f}% "
+               f"({info['eval']}, {stats.eval_tokens} tokens); {acts.shape[0]} tokens, "
+               f"{info['collect_seconds']:.0f}s collecting, {stats.seconds:.0f}s training", err=True)
+
+
+_V = ValidationConfig()
+
+
+def _csv(values) -> str:
+    return ",".join(f"{x:g}" for x in values)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``"2,3,4"`` -> (2.0, 3.0, 4.0); ``""`` -> ()."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SaesteerError(f"bad value list {text!r}; write numbers separated by commas, e.g. 2,3,4") from None
+
+
+@click.command()
+@click.option("--model", default=_V.model, show_default=True,
+              help="Local Hugging Face model directory (GPT-2 or Llama family).")
+@click.option("--hook", default=None, help="Hook site [default: blocks.{layers // 2}.hook_resid_post].")
+@click.option("--latents", default=_V.latents, show_default=True, type=click.IntRange(1, 1 << 24))
+@click.option("--k", default=_V.k, show_default=True, type=click.IntRange(1, 1 << 16))
+@click.option("--tokens", default=_V.tokens, show_default=True, type=click.IntRange(2, 1 << 34),
+              help="Self-sampled training tokens.")
+@click.option("--epochs", default=_V.epochs, show_default=True, type=click.FloatRange(0, min_open=True))
+@click.option("--seed", default=_V.seed, show_default=True, type=int)
+@click.option("--prompt", default=_V.prompt, show_default=True,
+              help="Story opening to sweep from (every feature is also swept from BOS alone).")
+@click.option("--values", default=_csv(_V.values), show_default=True, help="Absolute clamp values, comma-separated.")
+@click.option("--relative-values", default=_csv(_V.relative_values), show_default=True,
+              help="Clamp values as multiples of each feature's maximum activation, comma-separated.")
+@click.option("--max-new-tokens", default=_V.max_new_tokens, show_default=True, type=click.IntRange(1, 4096))
+@click.option("--reference-samples", default=_V.reference_samples, show_default=True, type=click.IntRange(1, 1 << 20),
+              help="Sequences the model samples as reference text for the firing words.")
+@click.option("--reference-temperature", default=_V.reference_temperature, show_default=True,
+              type=click.FloatRange(0, min_open=True))
+@click.option("--features", default=None, type=click.IntRange(1, 1 << 24), help="Sweep only the first N features.")
+@click.option("--out", default="validation", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for report.html, report.json, features.jsonl, the SAE and its facts.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json's summary numbers as JSON.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, relative_values, max_new_tokens,
+             reference_samples, reference_temperature, features, out, as_json, quiet):
+    """Show that steering works on a real model: train an SAE, sweep every feature, count the clear ones.
+
+    A feature steers clearly when, at some value, the continuation holds 2 of its firing words where the
+    unsteered text has none, at most 1 nat/token less fluent. See docs/validation.md.
+    """
+    from saesteer.evaluation.validation import REPORT_KEYS, validate as run_validation
+
+    v = run_validation(model=model, hook=hook, latents=latents, k=k, tokens=tokens, epochs=epochs,
+                       seed=seed, prompt=prompt, values=_floats(values), relative_values=_floats(relative_values),
+                       max_new_tokens=max_new_tokens, reference_samples=reference_samples,
+                       reference_temperature=reference_temperature, features=features, out=out, progress=not quiet)
+    if as_json:
+        keys = REPORT_KEYS + ("top20_score_hits_no_fluency", "chance_bos", "chance_prompt", "chance_both")
+        click.echo(json.dumps({key: getattr(v, key) for key in keys} | {"timings": v.timings}, indent=2))
+        return
+    click.echo(f"SAE at {v.hook}: variance explained {v.variance_explained:.4f}, L0 {v.l0:.2f}, "
+               f"dead {100 * v.dead_fraction:.2f}%")
+    click.echo(f"steer clearly: {v.clear_bos} from BOS (chance {v.chance_bos:.1f}), {v.clear_prompt} from "
+               f"{prompt!r} (chance {v.chance_prompt:.1f}), {v.clear_both} from both (chance {v.chance_both:.1f}) "
+               f"of {v.n_features}")
+    click.echo(f"clear among the score's top 20: {v.top20_score_hits} (score without fluency: "
+               f"{v.top20_score_hits_no_fluency})")
+    click.echo(f"{v.timings['total_s']:.0f}s; report: {Path(out) / 'report.html'}")
+
+
+COMMANDS = [train_sae, validate]

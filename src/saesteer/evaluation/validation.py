@@ -1,0 +1,506 @@
+"""Validate the method on a real model: train an SAE, sweep every feature, count the features that steer clearly.
+
+:func:`validate` runs the whole check on a local Hugging Face directory (GPT-2 or Llama family; by default
+``../shared/models/stories260K-hf``):
+
+1. sample ``tokens`` activations at a middle layer from text the model samples itself, and train a TopK SAE
+   on them (``saesteer.training``); variance explained, L0 and dead latents are measured on held-out samples;
+2. compute the feature facts (firing words, maximum activations) on reference text the model samples at a
+   lower temperature (cleaner stories than temperature 1, so the firing words are words it really writes);
+3. sweep every feature from BOS and from a story opening, at absolute values and at multiples of each
+   feature's maximum activation, with fluency measured (``saesteer.sweep``);
+4. count the features that steer clearly (:func:`clearest`), and the same count with every feature's texts
+   checked against *another* feature's firing words (:func:`chance_clear`): how many "clear" features
+   chance alone would give, which the counts must be read against.
+
+The result is a :class:`Validation`; with ``out`` it also writes ``report.json``, ``report.html``,
+``features.jsonl``, the SAE (SAELens folder) and its facts. See ``docs/validation.md`` for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.text_metrics import hits, is_clear, score
+
+DEFAULT_MODEL = "../shared/models/stories260K-hf"
+DEFAULT_PROMPT = "Once upon a time"
+N_BEST = 20
+CHANCE_SHIFTS = (131, 517, 777)
+"""Feature ``f``'s texts are checked against feature ``(f + s) % n``'s firing words for each shift ``s``."""
+REPORT_KEYS = ("variance_explained", "l0", "dead_fraction", "n_features", "clear_bos", "clear_prompt", "clear_both",
+               "top20_score_hits")
+
+
+@dataclass
+class ValidationConfig:
+    """What :func:`validate` trains and sweeps; the defaults are the full-size run of ``docs/validation.md``."""
+
+    model: str = DEFAULT_MODEL
+    hook: str | None = None
+    """Hook site; default ``blocks.{n_layers // 2}.hook_resid_post``."""
+    latents: int = 1024
+    k: int = 16
+    tokens: int = 1_000_000
+    """Self-sampled training tokens."""
+    epochs: float = 2.0
+    seq_len: int = 128
+    eval_tokens: int = 65_536
+    """Held-out self-sampled tokens for variance explained, L0 and dead latents."""
+    seed: int = 0
+    prompt: str = DEFAULT_PROMPT
+    """The story opening; every feature is also swept from BOS alone."""
+    values: tuple[float, ...] = (2.0, 3.0, 4.0)
+    """Absolute clamp values."""
+    relative_values: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    """Multiples of each feature's maximum activation on the reference text."""
+    max_new_tokens: int = 64
+    reference_samples: int = 1024
+    reference_length: int = 64
+    reference_temperature: float = 0.7
+    features: int | None = None
+    """Sweep only the first this many features (None: all)."""
+    batch_size: int | None = None
+
+    def check(self) -> None:
+        if self.latents < 1 or not 0 < self.k <= self.latents:
+            raise SaesteerError(f"need latents >= 1 and 0 < k <= latents, got latents={self.latents}, k={self.k}")
+        if not self.values and not self.relative_values:
+            raise SaesteerError("give at least one absolute or relative clamp value")
+        if self.max_new_tokens < 1 or self.tokens < 2 or self.reference_samples < 1 or self.reference_length < 1:
+            raise SaesteerError("max_new_tokens, tokens, reference_samples and reference_length must be positive")
+        if not self.reference_temperature > 0:
+            raise SaesteerError(f"reference_temperature must be above 0, got {self.reference_temperature}")
+
+
+# --------------------------------------------------------------------------- the criterion
+def clearest(results: Iterable):
+    """One feature's results on one prompt (``SweepResult``s) -> its clearest continuation, or None.
+
+    A continuation is *clear* (``text_metrics.is_clear``) when it holds at least 2 occurrences of the
+    feature's firing words (function words removed), the unsteered continuation none, and its mean
+    log-probability under the unsteered model is at most 1 nat/token below the unsteered text's. A feature
+    *steers clearly* on a prompt when one of its values gives a clear continuation. Among clear ones this
+    returns the one with the most firing-word occurrences, then the smallest fluency drop, then the first.
+    """
+    best = None
+    for r in results:
+        m = r.metrics
+        if not is_clear(m.fire_hits, m.base_fire_hits, m.fluency_drop):
+            continue
+        if best is None or (m.fire_hits, -m.fluency_drop) > (best.metrics.fire_hits, -best.metrics.fluency_drop):
+            best = r
+    return best
+
+
+def chance_clear(results: Sequence, facts, baseline_tokens: Sequence[int], baseline_text: str, shift: int) -> set[int]:
+    """Features ``f`` whose continuations would be clear against feature ``(f + shift) % n``'s firing words.
+
+    The control for :func:`clearest`: same texts, same fluency, someone else's words. Its size is what
+    the clear count would be if steering had nothing to do with what a feature fires on.
+    """
+    n = len(facts)
+    out: set[int] = set()
+    base_hits: dict[int, int] = {}
+    for r in results:
+        g = (r.feature + shift) % n
+        if g not in base_hits:
+            base_hits[g] = hits(baseline_tokens, baseline_text, facts.targets(g)).words
+        if r.feature in out or base_hits[g]:
+            continue
+        if is_clear(hits(r.tokens, r.text, facts.targets(g)).words, 0, r.metrics.fluency_drop):
+            out.add(r.feature)
+    return out
+
+
+def no_fluency_score(m) -> float:
+    """The score a sweep without ``--fluency`` gives the same continuation (coherence from repetition)."""
+    return score(m.fire_hits, m.base_fire_hits, m.lens_hits, m.base_lens_hits, repetition=m.repetition)
+
+
+def top_hits(best_scores: dict[int, float], clear: set[int], n: int = N_BEST) -> int:
+    """How many of the ``n`` features with the highest score (ties: lower id first) are in ``clear``."""
+    top = sorted(best_scores, key=lambda f: (-best_scores[f], f))[:n]
+    return sum(1 for f in top if f in clear)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class PromptOutcome:
+    """The sweep from one prompt."""
+
+    label: str
+    """``bos`` or ``prompt``."""
+    prompt: str | None
+    baseline: str
+    baseline_fluency: float | None
+    clear: list[int]
+    """Features that steer clearly from this prompt."""
+    chance: float
+    """Mean size of :func:`chance_clear` over ``CHANCE_SHIFTS``."""
+    top20_score_hits: int
+    top20_score_hits_no_fluency: int
+
+
+@dataclass
+class FeatureOutcome:
+    """One feature of the report: what it fires on and its clearest (else best-scoring) text per prompt."""
+
+    feature: int
+    firing_words: list[str]
+    max_activation: float
+    clear_on: list[str]
+    score: float
+    """Its best score from each prompt, summed."""
+    texts: dict[str, dict] = field(default_factory=dict)
+    """Per prompt label: value, relative, clamp, text, fire_hits, fluency_drop, score, clear."""
+
+
+@dataclass
+class Validation:
+    """What :func:`validate` measured; :meth:`report` is ``report.json``."""
+
+    model: str
+    hook: str
+    variance_explained: float
+    l0: float
+    dead_fraction: float
+    n_features: int
+    clear_bos: int
+    clear_prompt: int
+    clear_both: int
+    top20_score_hits: int
+    """Of the 20 features with the highest score (best over both prompts), how many steer clearly on some prompt."""
+    top20_score_hits_no_fluency: int
+    """The same ranking by the score a sweep without ``--fluency`` gives."""
+    chance_bos: float
+    chance_prompt: float
+    chance_both: float
+    """:func:`chance_clear` counts (means over shifts): clear counts expected without any link to the feature."""
+    prompts: list[PromptOutcome]
+    best: list[FeatureOutcome]
+    config: dict
+    timings: dict
+    machine: dict
+    training: dict = field(default_factory=dict)
+
+    def report(self) -> dict:
+        d = asdict(self)
+        d["clear_features"] = {p.label: p.clear for p in self.prompts}
+        return d
+
+
+# --------------------------------------------------------------------------- steps
+def _machine() -> dict:
+    import torch
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg_1min": load[0],
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__}
+
+
+def _middle_hook(model) -> str:
+    cfg = model.config
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+    if not layers:
+        raise SaesteerError("cannot tell how many layers the model has; pass a hook such as blocks.2.hook_resid_post")
+    return f"blocks.{layers // 2}.hook_resid_post"
+
+
+def sample_reference(lm, *, samples: int, length: int, temperature: float, seed: int):
+    """``samples`` sequences of ``length`` tokens the model samples from BOS at ``temperature`` (seeded), as a
+    feature-facts ``Reference``."""
+    import torch
+
+    from saesteer.engine import GenerationConfig, generate_ids
+    from saesteer.evaluation.feature_facts import Reference
+
+    if lm.bos_token_id is None:
+        raise SaesteerError("the model has no BOS token to sample reference text from")
+    rows: list[list[int]] = []
+    for c, start in enumerate(range(0, samples, 128)):
+        n = min(128, samples - start)
+        cfg = GenerationConfig(max_new_tokens=length, temperature=temperature, seed=seed * 100_003 + c,
+                               stop_at_eos=False)
+        out = generate_ids(lm.model, [[lm.bos_token_id]] * n, cfg, eos_token_id=lm.eos_token_id,
+                           pad_token_id=lm.pad_token_id)
+        rows.extend([lm.bos_token_id] + list(r) for r in out)
+    desc = {"source": "sampled", "length": length, "sequences": samples, "seed": seed, "temperature": temperature}
+    return Reference(torch.tensor(rows, dtype=torch.long), desc)
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        import click
+
+        click.echo(text, err=True)
+
+
+def _result_dict(rel: bool, r) -> dict:
+    m = r.metrics
+    return {"value": r.value, "relative": rel, "clamp": round(r.clamp, 4), "text": r.text, "fire_hits": m.fire_hits,
+            "fluency_drop": None if m.fluency_drop is None else round(m.fluency_drop, 4), "score": round(m.score, 4),
+            "clear": bool(is_clear(m.fire_hits, m.base_fire_hits, m.fluency_drop))}
+
+
+def _shown(rs: list) -> tuple[bool, object]:
+    """The ``(relative, result)`` to show for one feature on one prompt: its clearest, else its best-scoring."""
+    c = clearest(r for _, r in rs)
+    if c is not None:
+        return next(x for x in rs if x[1] is c)
+    return max(rs, key=lambda x: x[1].metrics.score)
+
+
+def _train(lm, hook: str, cfg: ValidationConfig, progress: bool, t: dict):
+    """Sample activations, train the SAE; the statistics are measured on held-out samples."""
+    from saesteer.training import sample_activations, train_topk_sae
+
+    t0 = time.perf_counter()
+    acts = sample_activations(lm, hook, cfg.tokens, seq_len=cfg.seq_len, seed=cfg.seed, progress=progress)
+    t["sample_s"] = time.perf_counter() - t0
+    held = sample_activations(lm, hook, cfg.eval_tokens, seq_len=cfg.seq_len, seed=cfg.seed + 1_000_003,
+                              progress=False) if cfg.eval_tokens else None
+    t1 = time.perf_counter()
+    sae, stats = train_topk_sae(acts, d_sae=cfg.latents, k=cfg.k, epochs=cfg.epochs, seed=cfg.seed, hook_name=hook,
+                                eval_acts=held, progress=progress)
+    t["train_s"] = time.perf_counter() - t1
+    sae.cfg.extra["model_name"] = lm.name
+    return sae, stats
+
+
+def _sweep_prompt(st, facts, cfg: ValidationConfig, prompt: str | None, n_features: int, progress: bool):
+    """Every feature at every value from ``prompt``: ``({feature: [(relative, SweepResult), ...]}, baseline)``."""
+    from saesteer.sweep.runner import Sweep
+
+    by_feature: dict[int, list] = {f: [] for f in range(n_features)}
+    baseline = None
+    for rel, values in ((False, cfg.values), (True, cfg.relative_values)):
+        if not values:
+            continue
+        sw = Sweep(st, features=f"0:{n_features}", values=list(values), relative=rel, prompt=prompt,
+                   max_new_tokens=cfg.max_new_tokens, fluency=True, facts=facts, batch_size=cfg.batch_size,
+                   progress=progress)
+        for r in sw.results():
+            by_feature[r.feature].append((rel, r))
+        baseline = sw.baseline
+    return by_feature, baseline
+
+
+def _outcome(label: str, prompt: str | None, by_feature: dict, baseline, facts) -> tuple[PromptOutcome, list]:
+    """Clear features, chance control and top-20 hits of one prompt's sweep (and the chance sets per shift)."""
+    results = [r for rs in by_feature.values() for _, r in rs]
+    clear = sorted(f for f, rs in by_feature.items() if clearest(r for _, r in rs) is not None)
+    chance = [chance_clear(results, facts, baseline.tokens, baseline.text, s) for s in CHANCE_SHIFTS]
+    flu = {f: max(r.metrics.score for _, r in rs) for f, rs in by_feature.items()}
+    nof = {f: max(no_fluency_score(r.metrics) for _, r in rs) for f, rs in by_feature.items()}
+    outcome = PromptOutcome(label, prompt, baseline.text, baseline.fluency, clear,
+                            sum(len(c) for c in chance) / len(chance), top_hits(flu, set(clear)),
+                            top_hits(nof, set(clear)))
+    return outcome, chance
+
+
+def _best_features(per_prompt: dict, clear_sets: dict, facts, n: int = N_BEST) -> list[FeatureOutcome]:
+    """The ``n`` features to show: clear on both prompts first, then on one; then by summed score, firing-word
+    occurrences of their clear texts (up to 4 each) and fluency."""
+    clear_any = set().union(*clear_sets.values())
+    both = set.intersection(*clear_sets.values())
+    features = range(len(next(iter(per_prompt.values()))))
+    summed = {f: sum(max(r.metrics.score for _, r in per_prompt[lbl][f]) for lbl in per_prompt) for f in features}
+
+    def rank(f: int):
+        picked = [c for c in (clearest(r for _, r in per_prompt[lbl][f]) for lbl in per_prompt) if c is not None]
+        hits_ = sum(min(c.metrics.fire_hits, 4) for c in picked)
+        drop = sum(c.metrics.fluency_drop for c in picked)
+        return -(f in both), -(f in clear_any), -summed[f], -hits_, drop, f
+
+    best = []
+    for f in sorted(features, key=rank)[:n]:
+        ff = facts[f]
+        texts = {lbl: _result_dict(*_shown(per_prompt[lbl][f])) for lbl in per_prompt}
+        best.append(FeatureOutcome(f, list(ff.firing_words), round(ff.max_activation, 4),
+                                   [lbl for lbl in per_prompt if f in clear_sets[lbl]], round(summed[f], 4), texts))
+    return best
+
+
+def _best_score(per_prompt: dict, f: int, fn) -> float:
+    return max(fn(r.metrics) for lbl in per_prompt for _, r in per_prompt[lbl][f])
+
+
+def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike | None = None, progress: bool = True,
+             **overrides) -> Validation:
+    """Run the validation (see the module docstring); keywords override ``config``'s fields."""
+    from saesteer.evaluation.feature_facts import compute_facts
+    from saesteer.models.loading import load_model
+    from saesteer.saes import load_sae, save_sae
+    from saesteer.steerer import Steerer
+
+    cfg = config or ValidationConfig()
+    if overrides:
+        unknown = set(overrides) - set(ValidationConfig.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown validation settings: {sorted(unknown)}")
+        cfg = ValidationConfig(**{**asdict(cfg), **overrides})
+    cfg.check()
+    if not Path(cfg.model).expanduser().is_dir():
+        raise SaesteerError(f"model directory {cfg.model} not found; pass a local Hugging Face model directory")
+    out_dir = Path(out) if out is not None else None
+    machine = _machine()
+    t: dict[str, float] = {}
+    start = time.perf_counter()
+
+    lm = load_model(str(cfg.model))
+    hook = cfg.hook or _middle_hook(lm.model)
+    _say(progress, f"[1/4] training a TopK SAE ({cfg.latents} latents, k={cfg.k}) at {hook} on {cfg.tokens:,} "
+                   "self-sampled tokens")
+    sae, stats = _train(lm, hook, cfg, progress, t)
+    if out_dir is not None:  # steer with the SAE as saved and loaded back, as a user would
+        sae = load_sae(str(save_sae(sae, out_dir / "sae")))
+    _say(progress, f"      variance explained {stats.variance_explained:.4f}, L0 {stats.l0:.2f}, dead "
+                   f"{100 * stats.dead_fraction:.2f}% ({t['sample_s']:.0f}s sampling, {t['train_s']:.0f}s training)")
+
+    _say(progress, f"[2/4] feature facts on {cfg.reference_samples} x {cfg.reference_length} tokens sampled at "
+                   f"temperature {cfg.reference_temperature}")
+    t2 = time.perf_counter()
+    reference = sample_reference(lm, samples=cfg.reference_samples, length=cfg.reference_length,
+                                 temperature=cfg.reference_temperature, seed=cfg.seed)
+    facts = compute_facts(lm, sae, hook, reference, progress=progress)
+    if out_dir is not None:
+        facts.save(out_dir / "facts")
+    t["facts_s"] = time.perf_counter() - t2
+
+    st = Steerer(lm, sae, hook=hook)
+    n_features = min(cfg.features or sae.d_sae, sae.d_sae)
+    _say(progress, f"[3/4] sweeping {n_features} features x {len(cfg.values) + len(cfg.relative_values)} values "
+                   f"from BOS and from {cfg.prompt!r}, {cfg.max_new_tokens} tokens each")
+    t3 = time.perf_counter()
+    per_prompt, chance_sets, outcomes = {}, {}, []
+    for label, prompt in (("bos", None), ("prompt", cfg.prompt)):
+        per_prompt[label], baseline = _sweep_prompt(st, facts, cfg, prompt, n_features, progress)
+        outcome, chance_sets[label] = _outcome(label, prompt, per_prompt[label], baseline, facts)
+        outcomes.append(outcome)
+        _say(progress, f"      {label}: {len(outcome.clear)} features steer clearly (chance: {outcome.chance:.1f})")
+    t["sweep_s"] = time.perf_counter() - t3
+
+    _say(progress, "[4/4] report")
+    clear_sets = {o.label: set(o.clear) for o in outcomes}
+    clear_any = clear_sets["bos"] | clear_sets["prompt"]
+    best_flu = {f: _best_score(per_prompt, f, lambda m: m.score) for f in range(n_features)}
+    best_nof = {f: _best_score(per_prompt, f, no_fluency_score) for f in range(n_features)}
+    chance_both = sum(len(b & p) for b, p in zip(chance_sets["bos"], chance_sets["prompt"])) / len(CHANCE_SHIFTS)
+    best = _best_features(per_prompt, clear_sets, facts)
+    t["total_s"] = time.perf_counter() - start
+    result = Validation(
+        model=lm.name, hook=hook, variance_explained=stats.variance_explained, l0=stats.l0,
+        dead_fraction=stats.dead_fraction, n_features=n_features, clear_bos=len(clear_sets["bos"]),
+        clear_prompt=len(clear_sets["prompt"]), clear_both=len(clear_sets["bos"] & clear_sets["prompt"]),
+        top20_score_hits=top_hits(best_flu, clear_any), top20_score_hits_no_fluency=top_hits(best_nof, clear_any),
+        chance_bos=outcomes[0].chance, chance_prompt=outcomes[1].chance, chance_both=chance_both, prompts=outcomes,
+        best=best, config={**asdict(cfg), "hook": hook}, timings={k: round(v, 1) for k, v in t.items()},
+        machine={**machine, "load_avg_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        training={"steps": stats.steps, "tokens": stats.tokens, "eval_tokens": stats.eval_tokens,
+                  "eval": "held-out" if cfg.eval_tokens else "training tokens", "reference": reference.description},
+    )
+    if out_dir is not None:
+        write_outputs(result, out_dir, per_prompt, facts)
+    return result
+
+
+# --------------------------------------------------------------------------- outputs
+def write_outputs(result: Validation, out_dir: Path, per_prompt: dict, facts) -> None:
+    """``report.json``, ``report.html`` and ``features.jsonl`` (every feature's clearest or best text per prompt)."""
+    from saesteer.io import atomic_write_json, atomic_write_text
+
+    lines = []
+    clear = {p.label: set(p.clear) for p in result.prompts}
+    for f in range(result.n_features):
+        rec = {"feature": f, "firing_words": facts.words[f], "max_activation": round(float(facts.max_activation[f]), 4)}
+        for lbl, by_feature in per_prompt.items():
+            rec[f"clear_{lbl}"] = f in clear[lbl]
+            rec[lbl] = _result_dict(*_shown(by_feature[f]))
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    atomic_write_text(out_dir / "features.jsonl", "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / "report.json", result.report())
+    atomic_write_text(out_dir / "report.html", report_page(result))
+
+
+def _marked(text: str, firing: Iterable[str]) -> str:
+    """``text`` HTML-escaped, with the words that are firing words in ``<mark>``."""
+    import re
+
+    from saesteer.evaluation.report import e
+
+    targets = {w.lower() for w in firing}
+    out, pos = [], 0
+    for m in re.finditer(r"[^\W\d_]+", text):
+        out.append(e(text[pos:m.start()]))
+        word = m.group(0)
+        out.append(f"<mark>{e(word)}</mark>" if word.lower() in targets else e(word))
+        pos = m.end()
+    out.append(e(text[pos:]))
+    return "".join(out)
+
+
+def report_page(v: Validation) -> str:
+    """The validation as one self-contained HTML page."""
+    from saesteer.evaluation.report import _page, e
+
+    c = v.config
+    prompt = {p.label: p for p in v.prompts}
+    shown = {"bos": "&lt;BOS&gt;", "prompt": e(c["prompt"])}
+    rows = [
+        ("variance explained (held-out)", f"{v.variance_explained:.4f}"),
+        ("L0", f"{v.l0:.2f}"),
+        ("dead latents", f"{100 * v.dead_fraction:.2f}%"),
+        ("features swept", str(v.n_features)),
+        ("steer clearly from BOS", f"{v.clear_bos} <span class=\"meta\">(chance {v.chance_bos:.1f})</span>"),
+        (f"steer clearly from {e(c['prompt'])!s}", f"{v.clear_prompt} <span class=\"meta\">(chance "
+                                                   f"{v.chance_prompt:.1f})</span>"),
+        ("steer clearly from both", f"{v.clear_both} <span class=\"meta\">(chance {v.chance_both:.1f})</span>"),
+        ("clear among the score's top 20", f"{v.top20_score_hits} <span class=\"meta\">(score without fluency: "
+                                           f"{v.top20_score_hits_no_fluency})</span>"),
+        ("time", f"{v.timings.get('total_s', 0):.0f}s (sampling {v.timings.get('sample_s', 0):.0f}s, training "
+                 f"{v.timings.get('train_s', 0):.0f}s, facts {v.timings.get('facts_s', 0):.0f}s, sweeps "
+                 f"{v.timings.get('sweep_s', 0):.0f}s); load {v.machine.get('load_avg_1min')}"),
+    ]
+    body = [f"<div class=\"saesteer-report\"><h1>Steering validation on {e(Path(v.model).name)}</h1>",
+            f"<p class=\"meta\">SAE: {c['latents']} latents, k={c['k']}, at <code>{e(v.hook)}</code>, trained on "
+            f"{c['tokens']:,} self-sampled tokens (seed {c['seed']}). Values: {e(list(c['values']))} and "
+            f"{e(list(c['relative_values']))} x each feature's maximum activation; {c['max_new_tokens']} new tokens."
+            "</p><table>"]
+    body += [f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows]
+    body.append("</table><p class=\"meta\">A feature <b>steers clearly</b> when, at some value, the continuation has at"
+                " least 2 of its firing words (function words removed) where the unsteered text has none, and its mean"
+                " log-probability under the unsteered model is at most 1 nat/token below the unsteered text's. "
+                "<b>Chance</b>: the same count with each feature's texts checked against another feature's firing "
+                "words.</p><h2>Unsteered</h2><table>")
+    for lbl in ("bos", "prompt"):
+        p = prompt[lbl]
+        flu = "–" if p.baseline_fluency is None else f"{p.baseline_fluency:.3f}"
+        body.append(f"<tr class=\"baseline\"><td>{shown[lbl]}</td><td class=\"text\">{e(p.baseline)}</td>"
+                    f"<td class=\"num\">{flu} nats/token</td></tr>")
+    body.append(f"</table><h2>The {len(v.best)} best features</h2>")
+    for b in v.best:
+        words = "".join(f"<span>{e(w)}</span>" for w in b.firing_words) or "<span class=\"meta\">none</span>"
+        body.append(f"<div class=\"card\"><h3>Feature {b.feature} <span class=\"meta\">clear on: "
+                    f"{e(', '.join(b.clear_on) or 'neither')}; max activation {b.max_activation:.2f}</span></h3>"
+                    f"<div class=\"chips words\">{words}</div><table>")
+        for lbl, r in b.texts.items():
+            how = f"{r['value']:g} x max ({r['clamp']:.2f})" if r["relative"] else f"{r['value']:g}"
+            drop = "–" if r["fluency_drop"] is None else f"{r['fluency_drop']:.2f}"
+            body.append(f"<tr><td>{shown[lbl]}<br><span class=\"meta\">clamp {e(how)}<br>{r['fire_hits']} hits, "
+                        f"drop {drop}{' — clear' if r['clear'] else ''}</span></td><td class=\"text\">"
+                        f"<span class=\"prompt\">{shown[lbl]}</span>{_marked(r['text'], b.firing_words)}</td></tr>")
+        body.append("</table></div>")
+    body.append("<h2>All features that steer clearly</h2><dl>")
+    for lbl in ("bos", "prompt"):
+        body.append(f"<dt>from {shown[lbl]}</dt><dd>{e(', '.join(map(str, prompt[lbl].clear)) or 'none')}</dd>")
+    body.append("</dl></div>")
+    return _page(f"saesteer validation: {Path(v.model).name}", "".join(body))

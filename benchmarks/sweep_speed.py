@@ -312,7 +312,8 @@ def run_ablation(model, sae, feats, args):
 WORKERS = {"a": run_tl, "b": run_hf, "c": run_saesteer("float32"), "d": run_saesteer("bfloat16"), "truth": run_truth}
 
 
-def worker(name: str, args) -> dict:
+def _prepare(name: str, args):
+    """Build the inputs and the contender's ``generate(features) -> tokens``; warm it up (untimed)."""
     import torch
 
     if args.threads:
@@ -322,38 +323,72 @@ def worker(name: str, args) -> dict:
     prints = fingerprint(model, sae)
     feats = features(args.features)
     if name == "ablation":
-        return {"name": name, "rows": run_ablation(model, sae, feats, args), "fingerprint": prints}
+        return model, sae, feats, None, None, prints, 0.0
     generate, chunk = WORKERS[name](model, sae, feats, args)
-    model_ref = [model] if name in ("c", "d") else []
-    del model  # (a) keeps only its TransformerLens copy
-    chunk = chunk or len(feats)
-    generate(feats[: min(8, len(feats))])  # warm-up: packing, allocator, lazy imports (untimed)
-    setup = time.perf_counter() - t0
-    reset_peak_memory(args.device)
-    times = []
-    for _ in range(1 if name == "truth" else max(1, args.repeats)):  # best of the timed passes
-        tokens: list[list[int]] = []
-        sync(args.device)
-        t = time.perf_counter()
-        for i in range(0, len(feats), chunk):
-            tokens.extend(generate(feats[i:i + chunk]))
-        sync(args.device)
-        times.append(time.perf_counter() - t)
-    peak = peak_memory(args.device)
-    sweep_chunk = chunk
-    if name in ("c", "d"):  # a full sweep may use bigger chunks than N rows: measure one such chunk too
-        from saesteer.engine import fast
+    keep = model if name in ("c", "d") else None  # (a) keeps only its TransformerLens copy
+    del model
+    generate(feats[: min(8, len(feats))])  # warm-up: packing, allocator, lazy imports
+    return keep, sae, feats, generate, chunk or len(feats), prints, time.perf_counter() - t0
 
-        dtype = torch.float32 if name == "c" else torch.bfloat16
-        sweep_chunk = args.batch or fast.choose_batch_size(fast.decoder_for(model_ref[0], dtype), N_LATENTS, 1,
-                                                           args.tokens, sae_width=N_LATENTS)
-        if sweep_chunk > len(feats):
-            reset_peak_memory(args.device)
-            generate(features(sweep_chunk))
-            peak = max(peak, peak_memory(args.device))
-    return {"name": name, "seconds": min(times), "all_seconds": times, "setup_s": setup,
-            "peak_bytes": peak, "sweep_chunk_rows": sweep_chunk, "tokens": tokens, "fingerprint": prints,
-            "threads": torch.get_num_threads()}
+
+def timed_pass(generate, feats, chunk, device) -> tuple[float, list]:
+    tokens: list[list[int]] = []
+    sync(device)
+    t = time.perf_counter()
+    for i in range(0, len(feats), chunk):
+        tokens.extend(generate(feats[i:i + chunk]))
+    sync(device)
+    return time.perf_counter() - t, tokens
+
+
+def sweep_chunk_peak(name: str, model, generate, feats, chunk, args) -> tuple[int, int]:
+    """For (c) and (d): a full sweep may use bigger chunks than N rows; the peak memory of one such chunk."""
+    import torch
+
+    if name not in ("c", "d"):
+        return 0, chunk
+    from saesteer.engine import fast
+
+    dtype = torch.float32 if name == "c" else torch.bfloat16
+    rows = args.batch or fast.choose_batch_size(fast.decoder_for(model, dtype), N_LATENTS, 1, args.tokens,
+                                                sae_width=N_LATENTS)
+    if rows <= len(feats):
+        return 0, rows
+    reset_peak_memory(args.device)
+    generate(features(rows))
+    return peak_memory(args.device), rows
+
+
+def emit(obj) -> None:
+    print("@@RESULT " + json.dumps(obj), flush=True)
+
+
+def serve(name: str, args) -> None:
+    """A contender's process: set up once, then run one timed pass per ``run`` line on stdin, so the parent
+    can interleave the contenders (load from elsewhere then hits every contender alike)."""
+    import torch
+
+    model, sae, feats, generate, chunk, prints, setup = _prepare(name, args)
+    reset_peak_memory(args.device)
+    emit({"setup_s": setup, "fingerprint": prints, "threads": torch.get_num_threads()})
+    for line in sys.stdin:
+        if line.strip() == "run":
+            seconds, tokens = timed_pass(generate, feats, chunk, args.device)
+            emit({"seconds": seconds, "tokens": tokens})
+        elif line.strip() == "finish":
+            peak = peak_memory(args.device)
+            chunk_peak, rows = sweep_chunk_peak(name, model, generate, feats, chunk, args)
+            emit({"peak_bytes": max(peak, chunk_peak), "sweep_chunk_rows": rows})
+            return
+
+
+def worker(name: str, args) -> dict:
+    """One-shot processes: the full-forward argmax check, and the ablation."""
+    model, sae, feats, generate, chunk, prints, setup = _prepare(name, args)
+    if name == "ablation":
+        return {"name": name, "rows": run_ablation(model, sae, feats, args), "fingerprint": prints}
+    seconds, tokens = timed_pass(generate, feats, chunk, args.device)
+    return {"name": name, "seconds": seconds, "tokens": tokens, "fingerprint": prints, "setup_s": setup}
 
 
 # --------------------------------------------------------------------------- matmul peak
@@ -397,22 +432,52 @@ def measure_peak(device: str, threads: int | None, seconds: float = 2.0) -> dict
 
 # --------------------------------------------------------------------------- orchestration
 
-def spawn(name: str, args, tmp: Path) -> dict:
-    out = tmp / f"{name}.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--worker-out", str(out)]
+def _worker_cmd(name: str, args) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
     for key in ("features", "tokens", "device", "seed", "mode", "value", "threads", "batch", "repeats"):
         value = getattr(args, key)
         if value is not None:
             cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def spawn(name: str, args, tmp: Path) -> dict:
+    """Run a one-shot worker (check or ablation) to completion."""
+    out = tmp / f"{name}.json"
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(_worker_cmd(name, args) + ["--worker-out", str(out)], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise SystemExit(f"worker {name} failed")
-    result = json.loads(out.read_text())
-    timed = f" (timed part {result['seconds']:.2f} s)" if "seconds" in result else ""
-    print(f"  {name:5s} done in {time.perf_counter() - t:6.1f} s{timed}", flush=True)
-    return result
+    print(f"  {name} done in {time.perf_counter() - t:.1f} s", flush=True)
+    return json.loads(out.read_text())
+
+
+class Contender:
+    """A contender's serving process (see ``serve``)."""
+
+    def __init__(self, name: str, args, tmp: Path):
+        self.name = name
+        self.log = tmp / f"{name}.log"
+        self.proc = subprocess.Popen(_worker_cmd(name, args) + ["--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True)
+        self.times: list[float] = []
+        self.tokens = None
+
+    def request(self, command: str | None = None) -> dict:
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("@@RESULT "):
+                return json.loads(line[len("@@RESULT "):])
+        sys.stderr.write(self.log.read_text()[-8000:])
+        raise SystemExit(f"worker {self.name} failed")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def agreement(rows, reference) -> float:
@@ -461,7 +526,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--batch", type=int, default=None, help="saesteer rows per chunk (default: chosen by the engine)")
-    p.add_argument("--repeats", type=int, default=2, help="timed passes per contender; the fastest counts")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="interleaved rounds of timed passes (a, b, c, d, a, b, ...); each contender's fastest counts")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="first wait up to this long for the 1-minute load average to fall below 0.5")
     p.add_argument("--contenders", default="abcd", help="subset of abcd to run")
@@ -471,8 +537,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE / "results" / "sweep_speed.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.worker and args.serve:
+        serve(args.worker, args)
+        return 0
     if args.worker:
         result = worker(args.worker, args)
         Path(args.worker_out).write_text(json.dumps(result))
@@ -495,8 +565,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         names = [c for c in "abcd" if c in args.contenders]
-        for name in names:
-            results[name] = spawn(name, args, tmp)
+        contenders = [Contender(name, args, tmp) for name in names]  # set up side by side (untimed)
+        try:
+            for c in contenders:
+                results[c.name] = c.request()
+            print(f"  set up {', '.join(names)}; timing {args.repeats} interleaved round(s)", flush=True)
+            for round_ in range(max(1, args.repeats)):
+                for c in contenders:
+                    r = c.request("run")
+                    c.times.append(r["seconds"])
+                    c.tokens = r["tokens"]
+                print("  round %d: %s" % (round_ + 1, ", ".join(f"{c.name} {c.times[-1]:.1f} s" for c in contenders)),
+                      flush=True)
+            for c in contenders:
+                results[c.name].update(c.request("finish"), seconds=min(c.times), all_seconds=c.times,
+                                       tokens=c.tokens)
+        finally:
+            for c in contenders:
+                c.close()
+        peak_end = measure_peak(args.device, args.threads)
+        peak = {k: max(peak[k], peak_end[k]) for k in peak}
+        print(f"  matmul peak (best of start and end): float32 {peak['float32']:.0f}, bfloat16"
+              f" {peak['bfloat16']:.0f} GFLOP/s", flush=True)
         truth = None if args.no_check else spawn("truth", args, tmp)
         ablation = spawn("ablation", args, tmp) if args.ablation else None
     prints = {r["fingerprint"] for r in results.values()} | ({truth["fingerprint"]} if truth else set())

@@ -448,6 +448,11 @@ def _marked(text: str, firing: Iterable[str]) -> str:
     return "".join(out)
 
 
+def _load(machine: dict) -> str:
+    a, b = machine.get("load_avg_1min"), machine.get("load_avg_1min_end")
+    return "unknown" if a is None else f"{a:.2f} at the start, {b:.2f} at the end on {machine.get('cpus')} CPUs"
+
+
 def report_page(v: Validation) -> str:
     """The validation as one self-contained HTML page."""
     from saesteer.evaluation.report import _page, e
@@ -468,7 +473,7 @@ def report_page(v: Validation) -> str:
                                            f"{v.top20_score_hits_no_fluency})</span>"),
         ("time", f"{v.timings.get('total_s', 0):.0f}s (sampling {v.timings.get('sample_s', 0):.0f}s, training "
                  f"{v.timings.get('train_s', 0):.0f}s, facts {v.timings.get('facts_s', 0):.0f}s, sweeps "
-                 f"{v.timings.get('sweep_s', 0):.0f}s); load {v.machine.get('load_avg_1min')}"),
+                 f"{v.timings.get('sweep_s', 0):.0f}s); 1-minute load average {_load(v.machine)}"),
     ]
     body = [f"<div class=\"saesteer-report\"><h1>Steering validation on {e(Path(v.model).name)}</h1>",
             f"<p class=\"meta\">SAE: {c['latents']} latents, k={c['k']}, at <code>{e(v.hook)}</code>, trained on "

@@ -10,6 +10,12 @@ The main entry points:
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# Idle OpenMP threads sleep instead of spinning. On a small machine shared with other work, spinning made
+# every model call 10-25x slower. It must be set before torch starts its thread pool; users can override it.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
 from saesteer.models.loading import LoadedModel, load_model, wrap_model

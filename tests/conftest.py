@@ -144,3 +144,13 @@ def tiny_model_dir(tmp_path_factory, tiny_gpt2, gpt2_tokenizer) -> Path:
 def tiny_sae_pt(tmp_path_factory, tiny_sae) -> Path:
     """The tiny v5-style TopK SAE as an OpenAI-format .pt (it does not name its hook)."""
     return save_openai_pt(tiny_sae, tmp_path_factory.mktemp("sae") / "6.pt")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests (restored after): tiny shapes gain nothing from a
+    second thread, and on a busy machine its synchronisation costs far more than it saves."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,13 +15,7 @@ HOOK = "blocks.6.hook_resid_post"
 PROMPT = "Happiness is"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors on a shared CPU: one thread avoids spinning against other jobs (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,7 @@ from saesteer.evaluation import feature_facts as ff
 from saesteer.models.loading import wrap_model
 from saesteer.saes.base import SAE, SAEConfig
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TEXT = "The dragon flew over the hills. A dragon sleeps, and the old king waits for the dragon."

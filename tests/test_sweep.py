@@ -12,15 +12,7 @@ REF = ("Once upon a time a little dragon lived in a cave by the sea. Every morni
        "village and the children waved. The king of the village was afraid of the dragon, but his daughter was not.")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than two on a busy machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_model(seed=0):

@@ -20,14 +20,7 @@ from saesteer.training.topk import _Params, _step, geometric_median, layer_norm
 HOOK = "blocks.2.hook_resid_post"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These small ops gain little from a second thread, and on a shared, busy CPU OpenMP's spinning
-    threads made this module 5-10x slower; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sparse_data(n: int, d: int, m: int, s: int, *, seed: int = 0, alpha: float = 0.0):

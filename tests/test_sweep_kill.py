@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from test_sweep import REF, one_thread, small_model, small_sae  # noqa: F401 - one_thread applies here too
+from test_sweep import REF, small_model, small_sae
 
-pytestmark = pytest.mark.slow
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

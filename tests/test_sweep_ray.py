@@ -9,9 +9,10 @@ import sys
 import pytest
 
 from saesteer.errors import SaesteerError
-from test_sweep import REF, one_thread, small_model, small_sae  # noqa: F401 - one_thread applies here too
+from test_sweep import REF, small_model, small_sae
 
-pytestmark = pytest.mark.timeout(300)  # a Ray that hangs fails the test, not the run
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(300)]  # a Ray that hangs fails the test, not the run
 
 FEATURES = "0:24"
 VALUES = [20, -10]

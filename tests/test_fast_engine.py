@@ -394,13 +394,14 @@ def test_without_onednn_packing_and_after_weights_change(gpt2, sae, prompts, mon
 
 def test_kv_cache_select_rows_compacts_in_place():
     cache = KVCache(2, 4, 1, 5, 2, dtype=torch.float32, device=torch.device("cpu"))
-    for r in range(4):
-        cache.k[:, r] = r
-        cache.v[:, r] = 10 + r
+    keys = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 3, 2)
+    cache.write(0, keys, keys + 10, 0)
+    cache.write(1, keys, keys + 10, 0)
     cache.length = 3
     cache.select_rows(torch.tensor([3, 1]))
     assert cache.rows == 2
-    assert torch.equal(cache.keys(0, 3)[:, 0, :, 0], torch.tensor([[3.0] * 3, [1.0] * 3]))
+    assert torch.equal(cache.keys_t(0, 3)[:, 0, 0, :], torch.tensor([[3.0] * 3, [1.0] * 3]))
+    assert cache.keys_t(0, 3).shape == (2, 1, 2, 3)
     assert torch.equal(cache.values(1, 3)[:, 0, 0, 0], torch.tensor([13.0, 11.0]))
 
 

@@ -55,6 +55,9 @@ TOPK_SCREEN_STRIDE = 16
 TOPK_SCREEN_PER_K = 64
 """Delta clamps on TopK SAEs bound the threshold with every ``stride``-th latent (at least 64 k of them);
 a stride of 1 turns the bound off."""
+SHARE_MAX_GROUPS = 0.85
+"""Decode steps share the blocks below the first edit when the distinct prefixes are at most this fraction
+of the rows: each row spared saves a block's matmuls, each group costs a gather of its cached keys/values."""
 UNEMBED_SCREEN = True
 """float32 greedy on CPU: screen the logits in bfloat16 (exact; off means the float32 unembedding)."""
 
@@ -703,7 +706,7 @@ class _Chunk:
         if self.share_ok and self.group is not None:
             rep, group, G = _groups(self.group * (self.dec.vocab_size + 1) + nxt)
             self.group = group
-            if G * 2 <= nxt.numel():
+            if G <= SHARE_MAX_GROUPS * nxt.numel():
                 share = Share(rep, group, self.boundary)
             elif G == nxt.numel():
                 self.group = None  # every row is on its own from here on
@@ -729,7 +732,7 @@ class _Chunk:
     def _static_setup(self) -> None:
         dec, cache, W = self.dec, self.cache, self.W
         B = self.row_ids.numel()
-        cache.k[:, :B, :, W:].zero_()  # unwritten slots are masked; zeros keep 0 * garbage out of attention
+        cache.k[:, :B, :, :, W:].zero_()  # unwritten slots are masked; zeros keep 0 * garbage out of attention
         cache.v[:, :B, :, W:].zero_()
         self.tok = torch.zeros(B, dtype=torch.long, device=dec.device)
         self.pos = self.next_pos.clone()

@@ -94,14 +94,15 @@ def blocked(fn, x: Tensor, rows: int) -> Tensor:
     return torch.cat([fn(x[i:i + rows]) for i in range(0, x.shape[0], rows)])
 
 
-def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+def attention(q: Tensor, k_t: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
     """Scaled dot-product attention with plain batched matmuls.
 
     ``q [B, Hkv, G*T, dh]`` (the ``G`` query heads that share a key/value head folded into the rows),
-    ``k, v [B, Hkv, S, dh]`` (views into the static cache), ``bias [B, 1, G*T or 1, S]`` additive mask
-    (0 or -inf, float32). Scores and softmax are in float32; returns ``[B, Hkv, G*T, dh]`` in ``v``'s dtype.
+    ``k_t [B, Hkv, dh, S]`` and ``v [B, Hkv, S, dh]`` (views into the static cache), ``bias [B, 1, G*T or 1, S]``
+    additive mask (0 or -inf, float32). Scores and softmax are in float32; returns ``[B, Hkv, G*T, dh]`` in
+    ``v``'s dtype.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2))
+    scores = torch.matmul(q, k_t)
     if scores.dtype != torch.float32:
         scores = scores.float()
     scores = scores.mul_(scale).add_(bias)
@@ -248,7 +249,7 @@ class Decoder:
         else:
             cache.write(layer, k, v, ctx.start, rows=ctx.write_rows)
             S = ctx.start + T
-        keys = cache.keys(layer, S, rows=ctx.read_rows)
+        keys = cache.keys_t(layer, S, rows=ctx.read_rows)
         values = cache.values(layer, S, rows=ctx.read_rows)
         group = self.n_heads // self.n_kv_heads
         if group > 1:  # fold the query heads that share a key/value head into the rows

@@ -1,8 +1,10 @@
 """A preallocated key/value cache for one chunk of rows, reused from chunk to chunk.
 
-Keys and values live in two buffers ``[layers, rows, kv_heads, max_len, head_dim]``. A step writes its
-positions in place; attention reads views ``[rows, kv_heads, :length, head_dim]`` (no copies, no growth).
-Rows that leave the batch are compacted in place over the filled length only.
+Values live in a buffer ``[layers, rows, kv_heads, max_len, head_dim]`` and keys, transposed, in
+``[layers, rows, kv_heads, head_dim, max_len]``, so that attention's ``q @ K^T`` reads the cache in place (a
+matrix with leading dimension ``max_len``) instead of copying a transpose every step. A step writes its
+positions in place; attention reads views up to the filled length (no copies, no growth). Rows that leave
+the batch are compacted in place over the filled length only.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ class KVCache:
 
     def __init__(self, n_layers: int, rows: int, n_kv_heads: int, max_len: int, head_dim: int, *,
                  dtype: torch.dtype, device: torch.device):
-        shape = (n_layers, rows, n_kv_heads, max_len, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = torch.empty((n_layers, rows, n_kv_heads, head_dim, max_len), dtype=dtype, device=device)  # K^T
+        self.v = torch.empty((n_layers, rows, n_kv_heads, max_len, head_dim), dtype=dtype, device=device)
         self.rows = rows
         self.length = 0
 
@@ -27,7 +28,7 @@ class KVCache:
         return 2 * n_layers * n_kv_heads * max_len * head_dim * torch.empty((), dtype=dtype).element_size()
 
     def fits(self, n_layers: int, rows: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device) -> bool:
-        L, R, H, T, D = self.k.shape
+        L, R, H, T, D = self.v.shape
         return (L, H, D) == (n_layers, n_kv_heads, head_dim) and R >= rows and T >= max_len and \
             self.k.dtype == dtype and self.k.device == torch.device(device)
 
@@ -38,7 +39,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.v.shape[3]
 
     def write(self, layer: int, k: Tensor, v: Tensor, start: int, rows: Tensor | None = None) -> None:
         """Store ``k, v [rows, kv_heads, T, head_dim]`` at positions ``start..start+T``.
@@ -48,18 +49,19 @@ class KVCache:
         t = k.shape[2]
         if rows is not None:
             k, v = k.index_select(0, rows), v.index_select(0, rows)
-        self.k[layer, : self.rows, :, start:start + t] = k
+        self.k[layer, : self.rows, :, :, start:start + t] = k.transpose(-1, -2)
         self.v[layer, : self.rows, :, start:start + t] = v
 
     def write_at(self, layer: int, k: Tensor, v: Tensor, slot: Tensor) -> None:
         """Store one position ``k, v [rows, kv_heads, 1, head_dim]`` at ``slot`` (a 0-d device tensor)."""
         index = slot.view(1)
-        self.k[layer, : self.rows].index_copy_(2, index, k)
+        self.k[layer, : self.rows].index_copy_(3, index, k.transpose(-1, -2))
         self.v[layer, : self.rows].index_copy_(2, index, v)
 
-    def keys(self, layer: int, length: int, rows: Tensor | None = None) -> Tensor:
-        """``[rows, kv_heads, length, head_dim]``: a view, or a gather of ``rows`` (shared-prefix groups)."""
-        k = self.k[layer, : self.rows, :, :length]
+    def keys_t(self, layer: int, length: int, rows: Tensor | None = None) -> Tensor:
+        """Keys transposed, ``[rows, kv_heads, head_dim, length]``: a view, or a gather of ``rows`` (shared-prefix
+        groups)."""
+        k = self.k[layer, : self.rows, :, :, :length]
         return k if rows is None else k.index_select(0, rows)
 
     def values(self, layer: int, length: int, rows: Tensor | None = None) -> Tensor:
@@ -70,7 +72,8 @@ class KVCache:
         """Keep cache rows ``index`` (in that order) as rows ``0..len(index)``, over the filled length."""
         n = index.numel()
         if self.length > 0:
-            for buf in (self.k, self.v):
-                live = buf[:, : self.rows, :, : self.length]
-                buf[:, :n, :, : self.length] = live.index_select(1, index)
+            live = self.k[:, : self.rows, :, :, : self.length]
+            self.k[:, :n, :, :, : self.length] = live.index_select(1, index)
+            live = self.v[:, : self.rows, :, : self.length]
+            self.v[:, :n, :, : self.length] = live.index_select(1, index)
         self.rows = n

@@ -3,7 +3,7 @@
     python benchmarks/validate_real_model.py                   # writes validation/ (report.html, report.json)
     python benchmarks/validate_real_model.py --seed 1 --out validation-seed1
 
-Runs ``saesteer.evaluation.validation.validate`` with its defaults (layer 2, 1024 latents, k=16, 1M
+Runs ``saesteer.validation.validate`` with its defaults (layer 2, 1024 latents, k=16, 1M
 self-sampled tokens) and prints the numbers, the time, the machine's load and which targets were met.
 """
 
@@ -26,7 +26,7 @@ TARGETS = {  # key: (minimum or maximum, bound)
 
 
 def main() -> int:
-    from saesteer.evaluation.validation import DEFAULT_MODEL, validate
+    from saesteer.validation import DEFAULT_MODEL, validate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)

@@ -12,7 +12,7 @@ import torch
 from saesteer.cli.main import run
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.compare import (Stat, compare, next_token_kl, paired_sign_flip_p, parse_feature_or_clamp,
-                                         parse_values)
+                                         parse_clamp_values as parse_values)
 from saesteer.evaluation.text_metrics import Targets
 from saesteer.steering.clamp import FeatureClamp
 

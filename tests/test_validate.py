@@ -10,7 +10,7 @@ import pytest
 
 from saesteer.cli.main import run
 from saesteer.evaluation.text_metrics import Targets, TextMetrics
-from saesteer.evaluation.validation import REPORT_KEYS, chance_clear, clearest, top_hits, validate
+from saesteer.validation import REPORT_KEYS, chance_clear, clearest, top_hits, validate
 
 REDUCED = ["--latents", "256", "--k", "8", "--tokens", "100000", "--reference-samples", "256",
            "--max-new-tokens", "48"]

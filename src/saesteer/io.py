@@ -46,3 +46,14 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def escape_text(text: str) -> str:
+    """One line per result: backslashes, newlines, carriage returns and tabs escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def default_cache_dir() -> Path:
+    """``$SAESTEER_CACHE`` or ``~/.cache/saesteer`` (read on every call, so tests can redirect it)."""
+    env = os.environ.get("SAESTEER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "saesteer"

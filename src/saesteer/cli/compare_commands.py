@@ -66,10 +66,10 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
         --samples 8 --temperature 1 --seed 0 --out report.html
     """
     from saesteer.evaluation.compare import compare as run_compare
-    from saesteer.evaluation.compare import parse_feature_or_clamp, parse_values
+    from saesteer.evaluation.compare import parse_clamp_values, parse_feature_or_clamp
     from saesteer.evaluation.report import comparison_text
 
-    values = parse_values(values_text)
+    values = parse_clamp_values(values_text)
     pairs = [parse_feature_or_clamp(c) for c in clamps]
     if values is None and any(v is None for _, v in pairs):
         f = next(f for f, v in pairs if v is None)
@@ -125,10 +125,10 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
 def feature(model, sae, hook, device, feature, values_text, prompt, max_new_tokens, mode, text_file,
             reference_samples, reference_length, top_n, n_contexts, out, as_json):
     """A feature card: decoder norm, logit lens, firing words, steered samples, top contexts."""
-    from saesteer.evaluation.compare import parse_values
+    from saesteer.evaluation.compare import parse_clamp_values
     from saesteer.evaluation.feature_card import feature_card
 
-    values = parse_values(values_text)
+    values = parse_clamp_values(values_text)
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
     card = feature_card(st, feature, values=values, prompt=prompt, max_new_tokens=max_new_tokens, mode=mode,

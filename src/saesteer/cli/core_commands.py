@@ -96,7 +96,7 @@ def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
 def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tokens, temperature, top_p, seed, mode,
           batch_size, out):
     """One row per feature, each clamped to VALUE, from BOS (or a prompt); save one line per feature."""
-    from saesteer.io import atomic_write_text
+    from saesteer.io import atomic_write_text, escape_text
     from saesteer.steering.clamp import FeatureClamp
 
     FeatureClamp(0, value)  # validates the value
@@ -110,11 +110,6 @@ def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tok
     lines = [f"{f}\t{escape_text(g.text)}" for f, g in zip(feats, results)]
     atomic_write_text(out, "\n".join(lines) + "\n")
     click.echo(f"wrote {len(lines)} sentences to {out}")
-
-
-def escape_text(text: str) -> str:
-    """One line per result: backslashes, newlines, carriage returns and tabs escaped."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 @click.command()

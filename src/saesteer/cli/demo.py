@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from saesteer.io import atomic_write_text
+from saesteer.io import atomic_write_text, escape_text
 from saesteer.steerer import Steerer
 
 
@@ -63,7 +63,6 @@ def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str, out
     _heading(9, f"a different feature in each row (features {feature}..{feature + n_batch - 1}), saved to {out}")
     feats = [f for f in range(feature, feature + n_batch) if f < sae.d_sae]
     results = st.batch_features(feats, value)
-    from saesteer.cli.core_commands import escape_text
 
     atomic_write_text(out, "".join(f"{f}\t{escape_text(g.text)}\n" for f, g in zip(feats, results)))
     for f, g in zip(feats, results):

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.validation import ValidationConfig
+from saesteer.validation import ValidationConfig
 
 
 def _held_out(acts, n: int):
@@ -149,7 +149,7 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
     A feature steers clearly when, at some value, the continuation holds 2 of its firing words where the
     unsteered text has none, at most 1 nat/token less fluent. See docs/validation.md.
     """
-    from saesteer.evaluation.validation import REPORT_KEYS, validate as run_validation
+    from saesteer.validation import REPORT_KEYS, validate as run_validation
 
     v = run_validation(model=model, hook=hook, latents=latents, k=k, tokens=tokens, epochs=epochs,
                        seed=seed, prompt=prompt, values=_floats(values), relative_values=_floats(relative_values),

@@ -44,39 +44,26 @@ With ``n`` samples the smallest possible p is ``2 / 2^n``: p < 0.05 needs at lea
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import math
-import random
-from dataclasses import dataclass, field
 from typing import Sequence
 
-import torch
-
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.comparison import Comparison, Continuation, PromptComparison, Setting
+from saesteer.evaluation.feature_card import feature_card
+from saesteer.evaluation.feature_facts import feature_facts
+from saesteer.evaluation.stats import METRIC_LABELS, METRICS, TESTED, Stat, paired_sign_flip_p
+from saesteer.evaluation.teacher_forced import next_token_kl
 from saesteer.evaluation.text_metrics import Targets, mean_logprob, text_metrics
-from saesteer.steering.clamp import FeatureClamp, SAEClamp, as_clamps
+from saesteer.evaluation.token_text import token_pieces
+from saesteer.steering.clamp import FeatureClamp
 
-METRICS = ("kl", "hits_words", "hits_lens", "hits_tokens", "fluency", "repetition", "distinct", "score")
-"""Per-setting summaries, in display order."""
-TESTED = ("hits_words", "hits_lens", "fluency", "repetition")
-"""Metrics with a paired test against the baseline (KL of the baseline is 0 by definition)."""
-METRIC_LABELS = {
-    "kl": "mean KL (nats)",
-    "hits_words": "firing-word hits",
-    "hits_lens": "promoted-token hits",
-    "hits_tokens": "firing-token hits",
-    "fluency": "fluency (mean log p)",
-    "repetition": "repetition",
-    "distinct": "distinct tokens",
-    "score": "score",
-}
-_EXACT_FLIPS = 14
-"""Up to this many samples the sign-flip test enumerates every flip; beyond, 20 000 seeded random flips."""
+__all__ = ["Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting", "Stat", "TESTED",
+           "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
+           "token_pieces"]
 
 
 # --------------------------------------------------------------------------- parsing helpers
-def parse_values(text: str | None) -> list[float] | None:
+def parse_clamp_values(text: str | None) -> list[float] | None:
     """``"-20,-10,0,10,20"`` -> ``[-20.0, -10.0, 0.0, 10.0, 20.0]``; None/"" -> None; one-line error otherwise."""
     if text is None or not str(text).strip():
         return None
@@ -104,308 +91,6 @@ def parse_feature_or_clamp(text: str) -> tuple[int, float | None]:
     if v is not None and not math.isfinite(v):
         raise SaesteerError(f"clamp value for feature {f} must be finite, got {value}")
     return f, v
-
-
-# --------------------------------------------------------------------------- statistics
-@dataclass(frozen=True)
-class Stat:
-    """Mean, standard deviation (n - 1) and standard error of one metric over a setting's samples."""
-
-    mean: float | None
-    sd: float | None
-    se: float | None
-    n: int
-
-    @staticmethod
-    def of(values: Sequence[float | None]) -> "Stat":
-        xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-        if not xs:
-            return Stat(None, None, None, 0)
-        m = sum(xs) / len(xs)
-        if len(xs) < 2:
-            return Stat(m, None, None, len(xs))
-        sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
-        return Stat(m, sd, sd / math.sqrt(len(xs)), len(xs))
-
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "sd": self.sd, "se": self.se, "n": self.n}
-
-
-def paired_sign_flip_p(a: Sequence[float], b: Sequence[float], *, seed: int = 0) -> float | None:
-    """Two-sided paired sign-flip (permutation) test of ``mean(a - b) == 0``.
-
-    The share of the ``2^n`` ways of flipping the signs of the differences whose mean is at least as far from
-    0 as the observed one (exact up to 14 pairs; beyond, 20 000 seeded random flips). None with fewer than two
-    pairs. All differences 0 give 1.0. With ``n`` differences all of one sign and equal size the answer is
-    ``2 / 2^n`` (the observed signs and their mirror image).
-    """
-    pairs = [(float(x), float(y)) for x, y in zip(a, b) if x is not None and y is not None]
-    if len(pairs) < 2:
-        return None
-    d = [x - y for x, y in pairs]
-    observed = abs(sum(d))
-    tol = 1e-9 * max(1.0, observed)
-    if len(d) <= _EXACT_FLIPS:
-        total = hits = 0
-        for signs in itertools.product((1, -1), repeat=len(d)):
-            total += 1
-            hits += abs(sum(s * x for s, x in zip(signs, d))) >= observed - tol
-        return hits / total
-    rng = random.Random(seed)
-    draws = 20_000
-    hits = sum(abs(sum(x if rng.random() < 0.5 else -x for x in d)) >= observed - tol for _ in range(draws))
-    return (hits + 1) / (draws + 1)
-
-
-# --------------------------------------------------------------------------- data
-@dataclass
-class Continuation:
-    """One generated continuation and its metrics (see the module docstring)."""
-
-    sample: int
-    tokens: list[int]
-    text: str
-    pieces: list[str]
-    """The text each token adds after the prompt (``token_pieces``); ``text`` is the continuation decoded
-    alone, exactly as ``Steerer.generate`` gives it."""
-    kl: list[float]
-    """``KL(p_steered || p_unsteered)`` at each generated position, nats."""
-    kl_mean: float
-    fluency: float | None
-    fluency_drop: float | None
-    repetition: float
-    distinct: float
-    hits_words: int | None = None
-    hits_lens: int | None = None
-    hits_tokens: int | None = None
-    score: float | None = None
-    differs: bool = False
-    """Whether the tokens differ from the paired baseline sample's."""
-
-    def metric(self, name: str):
-        return self.kl_mean if name == "kl" else getattr(self, name)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-@dataclass
-class Setting:
-    """One clamp setting (or the unsteered baseline) for one prompt: its continuations and summaries."""
-
-    label: str
-    value: float | None
-    """The sweep value (``values``), or the clamps' common value; None for the baseline (or mixed values)."""
-    clamps: list[FeatureClamp]
-    continuations: list[Continuation]
-    summary: dict[str, Stat] = field(default_factory=dict)
-    p_values: dict[str, float | None] = field(default_factory=dict)
-
-    @property
-    def is_baseline(self) -> bool:
-        return not self.clamps
-
-    def to_dict(self) -> dict:
-        return {
-            "label": self.label, "value": self.value, "clamps": [c.to_dict() for c in self.clamps],
-            "summary": {k: v.to_dict() for k, v in self.summary.items()},
-            "p_values": dict(self.p_values),
-            "continuations": [c.to_dict() for c in self.continuations],
-        }
-
-
-@dataclass
-class PromptComparison:
-    """One prompt: the unsteered baseline and every steered setting."""
-
-    prompt: str | None
-    prompt_tokens: list[int]
-    baseline: Setting
-    settings: list[Setting]
-
-    @property
-    def rows(self) -> list[Setting]:
-        return [self.baseline, *self.settings]
-
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "prompt_tokens": self.prompt_tokens, "baseline": self.baseline.to_dict(),
-                "settings": [s.to_dict() for s in self.settings]}
-
-
-@dataclass
-class Comparison:
-    """Everything ``compare`` measured: plain data, JSON (``to_dict``), HTML (``to_html``, ``_repr_html_``)."""
-
-    model: str
-    sae: str
-    hook: str
-    mode: str
-    features: list[int]
-    values: list[float] | None
-    samples: int
-    temperature: float
-    top_p: float
-    seed: int | None
-    max_new_tokens: int
-    prepend_bos: bool
-    prompts: list[PromptComparison]
-    targets: dict | None = None
-    """What counted as on target: ``words``, ``lens`` and ``firing`` token texts (None without feature facts)."""
-    cards: list = field(default_factory=list)
-    """``FeatureCard`` of each clamped feature (facts only; the comparison holds the steered text)."""
-    reference: dict | None = None
-    _png: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def table(self) -> list[dict]:
-        """One flat row per prompt and setting (``pandas.DataFrame(cmp.table())`` makes a data frame)."""
-        rows = []
-        for p in self.prompts:
-            for s in p.rows:
-                row = {"prompt": p.prompt, "setting": s.label, "value": s.value,
-                       "text": s.continuations[0].text if s.continuations else ""}
-                for m in METRICS:
-                    row[m] = s.summary[m].mean if m in s.summary else None
-                for m in TESTED:
-                    row[f"p_{m}"] = s.p_values.get(m)
-                rows.append(row)
-        return rows
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model, "sae": self.sae, "hook": self.hook, "mode": self.mode, "features": self.features,
-            "values": self.values, "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p,
-            "seed": self.seed, "max_new_tokens": self.max_new_tokens, "prepend_bos": self.prepend_bos,
-            "kl": "KL(p_steered || p_unsteered) per generated position, nats, along the steered text",
-            "targets": self.targets, "reference": self.reference,
-            "prompts": [p.to_dict() for p in self.prompts],
-            "cards": [c.to_dict() for c in self.cards],
-        }
-
-    def plot_png(self, *, dpi: int = 100) -> bytes:
-        """The metrics against the clamp value, as PNG bytes (matplotlib, Agg)."""
-        from saesteer.evaluation.plots import comparison_plot_png
-
-        if dpi not in self._png:  # rendered once per resolution (the data do not change after compare)
-            self._png[dpi] = comparison_plot_png(self, dpi=dpi)
-        return self._png[dpi]
-
-    def to_html(self, *, plot: bytes | None = None) -> str:
-        """A self-contained HTML page (plot embedded as base64; no network needed)."""
-        from saesteer.evaluation.report import comparison_page
-
-        return comparison_page(self, plot if plot is not None else self.plot_png())
-
-    def save_html(self, path, *, png_path=None) -> bytes:
-        """Write the HTML report atomically (and the plot as PNG at ``png_path``); returns the PNG bytes."""
-        from saesteer.io import atomic_write_bytes, atomic_write_text
-
-        png = self.plot_png()
-        if png_path is not None:
-            atomic_write_bytes(png_path, png)
-        atomic_write_text(path, self.to_html(plot=png))
-        return png
-
-    def _repr_html_(self) -> str:
-        from saesteer.evaluation.report import comparison_fragment
-
-        return comparison_fragment(self, self.plot_png())
-
-
-# --------------------------------------------------------------------------- model passes
-def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def _continuation_log_probs(model, prompt: list[int], conts: list[list[int]], pad_token_id: int,
-                            edits=()) -> torch.Tensor:
-    """Log-softmax ``[B, max_len, V]`` of the next-token distribution before each continuation token,
-    teacher-forced (right-padded rows; positions past a row's length are junk)."""
-    from saesteer.steering.hooks import hooks
-
-    device = next(model.parameters()).device
-    width = max(len(c) for c in conts)
-    ids = torch.full((len(conts), len(prompt) + width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, c in enumerate(conts):
-        seq = prompt + list(c)
-        ids[b, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[b, :len(seq)] = 1
-    kwargs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "use_cache": False}
-    keep = width + 1
-    if _accepts(model, "logits_to_keep"):
-        kwargs["logits_to_keep"] = keep
-    with hooks(model, edits):
-        logits = model(**kwargs).logits
-    # The last ``width + 1`` positions start at len(prompt) - 1, which predicts the first continuation token.
-    logits = logits[:, -keep:-1] if logits.shape[1] >= keep else logits[:, len(prompt) - 1:-1]
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
-@torch.no_grad()
-def next_token_kl(lm, sae, hook: str, prompt_tokens: Sequence[int], continuations: Sequence[Sequence[int]],
-                  rows: Sequence, *, mode: str = "delta", max_logits: int = 1 << 24) -> list[list[float]]:
-    """``KL(p_steered || p_unsteered)`` (nats) at every generated position of each continuation.
-
-    Row ``b`` continues ``prompt_tokens`` with ``continuations[b]``; its steered distribution clamps
-    ``rows[b]`` (anything ``as_clamps`` takes, e.g. ``{feature: value}``; ``[]`` clamps nothing) at ``hook``
-    in ``mode``, at every position, as generation does. Both distributions are teacher-forced along the
-    given (steered) text: position ``t`` conditions on the prompt and continuation tokens ``< t``.
-    Direction and meaning: see the module docstring. Values are clipped at 0 (float round-off).
-    """
-    model = getattr(lm, "model", lm)
-    pad = int(getattr(lm, "pad_token_id", 0) or 0)
-    prompt = [int(t) for t in prompt_tokens]
-    if len(rows) != len(continuations):
-        raise SaesteerError(f"{len(rows)} clamp sets for {len(continuations)} continuations")
-    out: list[list[float]] = [[] for _ in continuations]
-    todo = [i for i, c in enumerate(continuations) if len(c) > 0]
-    if not todo:
-        return out
-    vocab = int(model.config.vocab_size)
-    width = max(len(continuations[i]) for i in todo) + 1
-    per_call = max(1, max_logits // (width * vocab))
-    for s in range(0, len(todo), per_call):
-        chunk = todo[s:s + per_call]
-        conts = [[int(t) for t in continuations[i]] for i in chunk]
-        lp_u = _continuation_log_probs(model, prompt, conts, pad)
-        edit = SAEClamp(sae, rows=[as_clamps(rows[i]) for i in chunk], mode=mode)
-        lp_s = _continuation_log_probs(model, prompt, conts, pad, edits=[(hook, edit)])
-        kl = (lp_s.exp() * (lp_s - lp_u)).sum(-1).clamp(min=0)  # [B, max_len]
-        del lp_u, lp_s
-        for b, i in enumerate(chunk):
-            out[i] = [float(v) for v in kl[b, :len(conts[b])]]
-    return out
-
-
-def token_pieces(lm, tokens: Sequence[int], context: Sequence[int] = (), *, window: int = 8) -> list[str]:
-    """The text each token adds after ``context`` (e.g. the prompt's ids), so that ``prompt text + pieces``
-    reads as the model wrote it: spaces survive for SentencePiece tokenizers, which drop a leading space
-    when a continuation is decoded alone. Each piece is ``decode(w + [t])`` minus ``decode(w)`` for the
-    ``window`` tokens ``w`` before it; where that is not a prefix (a character split across byte tokens),
-    the earlier pieces give back the partial character and this piece carries it whole."""
-    seq = [int(t) for t in context] + [int(t) for t in tokens]
-    pieces = []
-    for i in range(len(seq) - len(tokens), len(seq)):
-        w = seq[max(0, i - window):i]
-        prev, cur = lm.decode(w) if w else "", lm.decode(w + [seq[i]])
-        if not cur.startswith(prev):
-            n = 0
-            while n < min(len(prev), len(cur)) and prev[n] == cur[n]:
-                n += 1
-            drop = len(prev) - n  # an incomplete character the earlier pieces showed: take it back from them
-            for j in range(len(pieces) - 1, -1, -1):
-                if drop <= 0:
-                    break
-                cut = min(drop, len(pieces[j]))
-                pieces[j] = pieces[j][:len(pieces[j]) - cut]
-                drop -= cut
-            prev = prev[:n]
-        pieces.append(cur[len(prev):])
-    return pieces
 
 
 # --------------------------------------------------------------------------- compare
@@ -560,8 +245,6 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, valu
     for f in features:
         sae.check_feature(f)
     if facts is None:
-        from saesteer.evaluation.feature_facts import feature_facts
-
         facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
                               length=reference_length, cache_dir=cache_dir, progress=progress,
                               engine=steerer.engine)
@@ -581,8 +264,6 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, valu
             "firing": [lm.decode([t]) for t in sorted(targets.token_ids)],
         }
         if cards:
-            from saesteer.evaluation.feature_card import feature_card
-
             card_list = [feature_card(steerer, f, values=(), facts=facts) for f in features]
     return Comparison(
         model=lm.name, sae=sae.cfg.source or "", hook=hook, mode=mode, features=features, values=values,

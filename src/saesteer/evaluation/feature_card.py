@@ -19,17 +19,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.facts_table import TokenScore
+from saesteer.evaluation.feature_facts import feature_facts
+from saesteer.evaluation.report import card_fragment, card_page, card_text
+from saesteer.evaluation.token_text import token_pieces
+from saesteer.io import atomic_write_text
+
 DEFAULT_VALUES = (-20.0, 10.0, 20.0, 40.0)
 """Clamp values of the card's steered samples when none are given (the practical session clamps to 20)."""
 
 
-@dataclass(frozen=True)
-class Token:
-    """A token (its text) with a number: a logit (logit lens) or an activation (firing tokens)."""
-
-    id: int
-    text: str
-    value: float
+Token = TokenScore
+"""A token (its text) with a number: a logit (logit lens) or an activation (firing tokens)."""
 
 
 @dataclass(frozen=True)
@@ -98,24 +100,16 @@ class FeatureCard:
 
     def to_text(self, *, color: bool = False, width: int = 100) -> str:
         """A plain-text card; the active token of each context is shown as ``[[token]]``."""
-        from saesteer.evaluation.report import card_text
-
         return card_text(self, color=color, width=width)
 
     def to_html(self) -> str:
         """A self-contained HTML page with this card."""
-        from saesteer.evaluation.report import card_page
-
         return card_page(self)
 
     def save_html(self, path) -> None:
-        from saesteer.io import atomic_write_text
-
         atomic_write_text(path, self.to_html())
 
     def _repr_html_(self) -> str:
-        from saesteer.evaluation.report import card_fragment
-
         return card_fragment(self)
 
 
@@ -135,23 +129,17 @@ def feature_card(steerer, feature: int, *, values: Sequence[float] | None = None
     ``FactsTable``, or None to get it from ``feature_facts`` (cached; on ``reference_text`` or on text the
     model samples). ``context``: tokens shown before the active token.
     """
-    from saesteer.errors import SaesteerError
-
     sae = steerer._need_sae()
     hook = steerer._need_hook()
     if isinstance(feature, bool) or not isinstance(feature, int):
         raise SaesteerError(f"feature must be an integer, got {feature!r}")
     sae.check_feature(feature)
     if facts is None:
-        from saesteer.evaluation.feature_facts import feature_facts
-
         facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
                               length=reference_length, cache_dir=cache_dir, progress=progress,
                               engine=steerer.engine)
     f = facts[feature]
     lm = steerer.lm
-    from saesteer.evaluation.compare import token_pieces
-
     contexts = []
     for act, ids, idx in facts.examples(feature, context=context)[:n_contexts]:
         contexts.append(Context(float(act), token_pieces(lm, ids), int(idx)))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import math
 
+from saesteer.evaluation.stats import METRIC_LABELS
+
 PANELS = ("kl", "hits_words", "hits_lens", "fluency", "repetition", "score")
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
@@ -25,8 +27,6 @@ def comparison_plot_png(cmp, *, dpi: int = 100) -> bytes:
     unsteered baseline is the dashed line of the same colour (band: its standard error)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from saesteer.evaluation.compare import METRIC_LABELS
 
     settings0 = cmp.prompts[0].settings if cmp.prompts else []
     numeric = bool(settings0) and all(s.value is not None for s in settings0) and len(

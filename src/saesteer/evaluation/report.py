@@ -68,7 +68,7 @@ def _p(p) -> str:
     return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -140,7 +140,7 @@ def card_fragment(card) -> str:
 
 
 def card_page(card) -> str:
-    return _page(f"saesteer feature {card.feature}", _fragment(card_body(card)))
+    return html_page(f"saesteer feature {card.feature}", _fragment(card_body(card)))
 
 
 def _show(text: str) -> str:
@@ -283,7 +283,7 @@ def comparison_fragment(cmp, png: bytes | None) -> str:
 
 def comparison_page(cmp, png: bytes | None) -> str:
     title = "saesteer compare: feature " + ", ".join(str(f) for f in cmp.features)
-    return _page(title, _fragment(comparison_body(cmp, png)))
+    return html_page(title, _fragment(comparison_body(cmp, png)))
 
 
 def comparison_text(cmp, *, color: bool = False) -> str:

@@ -19,6 +19,7 @@ import requests
 from tqdm.auto import tqdm
 
 from saesteer.errors import SaesteerError
+from saesteer.io import default_cache_dir  # re-exported: saes.download.default_cache_dir
 
 OFFLINE_ENV_VARS = ("SAESTEER_OFFLINE", "HF_HUB_OFFLINE")
 """Either set to a true value forbids network access: uncached files fail at once."""
@@ -28,12 +29,6 @@ TIMEOUT = (10.0, 60.0)
 
 _TRUE = {"1", "true", "yes", "on"}
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
-
-
-def default_cache_dir() -> Path:
-    """``$SAESTEER_CACHE`` or ``~/.cache/saesteer`` (read on every call, so tests can redirect it)."""
-    env = os.environ.get("SAESTEER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "saesteer"
 
 
 def is_offline() -> bool:

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE, SAEConfig
-from saesteer.saes.download import default_cache_dir, download_file
+from saesteer.io import default_cache_dir
+from saesteer.saes.download import download_file
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small/"
 BASE_URL_ENV = "SAESTEER_OPENAI_BASE_URL"

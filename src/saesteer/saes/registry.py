@@ -85,7 +85,7 @@ def load_sae(
     if hook_name is not None:
         sae.with_hook(hook_name)
     if dtype is not None:
-        sae = sae.to(dtype=saelens.parse_dtype(dtype))
+        sae = sae.to(dtype=saelens.parse_sae_dtype(dtype))
     try:
         sae = sae.to(device=device)
     except (RuntimeError, AssertionError, ValueError) as exc:

@@ -45,7 +45,7 @@ _SAELENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 # ------------------------------------------------------------------ dtypes
-def parse_dtype(value: str | torch.dtype) -> torch.dtype:
+def parse_sae_dtype(value: str | torch.dtype) -> torch.dtype:
     """``torch.float32`` / ``"float32"`` / ``"torch.bfloat16"`` -> a floating torch dtype, or a one-line error."""
     if isinstance(value, torch.dtype):
         if not value.is_floating_point:
@@ -124,7 +124,7 @@ def config_from_dict(cfg: dict, *, source: str) -> tuple[SAEConfig, torch.dtype]
         source=source,
         extra=extra,
     )
-    return config, parse_dtype(cfg.get("dtype") or "float32")
+    return config, parse_sae_dtype(cfg.get("dtype") or "float32")
 
 
 def config_to_dict(sae: SAE) -> dict:

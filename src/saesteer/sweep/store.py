@@ -18,18 +18,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from saesteer.errors import SaesteerError
-from saesteer.io import atomic_path, atomic_write_json
+from saesteer.io import atomic_path, atomic_write_json, escape_text
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
 SENTENCES = "sentences.txt"
 FACTS = "facts"
 FORMAT = "saesteer-sweep"
-
-
-def escape_text(text: str) -> str:
-    """One line per result: backslashes, newlines, carriage returns and tabs escaped."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
 def format_value(value: float) -> str:

@@ -3,7 +3,7 @@
 A results folder holds ``manifest.json`` (what was swept), ``results.jsonl`` (one JSON object per feature
 and value: ``feature``, ``value``, ``tokens``, ``text`` and metrics such as ``score``; a nested
 ``metrics`` object is read too), ``sentences.txt`` (the same texts as lines) and ``facts/`` (the feature
-facts its metrics used, a ``FactsTable``), as ``saesteer.sweep.store`` writes them. :func:`read_manifest`
+facts its metrics used, a ``FactsTable``), as ``saesteer.sweep.store`` writes them. :func:`load_manifest`
 and :func:`parse_record` are the one place here that reads them: more leniently than the sweep's own
 reader (any manifest, any extra numeric field as a metric) and line by line, so that a sweep still running
 can be followed without reading its log again.
@@ -63,7 +63,7 @@ def _number(v) -> float | None:
 
 
 # --------------------------------------------------------------------------- the format
-def read_manifest(path: str | os.PathLike) -> dict:
+def load_manifest(path: str | os.PathLike) -> dict:
     """A results folder's ``manifest.json`` ({} when missing or unreadable)."""
     try:
         data = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
@@ -107,7 +107,7 @@ def read_results_folder(path: str | os.PathLike) -> tuple[dict, list[Row]]:
             row = parse_record(line)
             if row is not None:
                 rows.append(row)
-    return read_manifest(path), rows
+    return load_manifest(path), rows
 
 
 def is_results_folder(path: str | os.PathLike) -> bool:
@@ -142,7 +142,7 @@ class ResultsFolder:
 
     # ----------------------------------------------------------------- loading
     def _reset(self) -> None:
-        self.manifest = read_manifest(self.path)
+        self.manifest = load_manifest(self.path)
         self._manifest_stamp = self._stamp(MANIFEST)
         self.texts: list[str] = []
         self._features = array("q")
@@ -225,7 +225,7 @@ class ResultsFolder:
             self._checked = now
             stamp = self._stamp(MANIFEST)
             if stamp != self._manifest_stamp:
-                self.manifest, self._manifest_stamp = read_manifest(self.path), stamp
+                self.manifest, self._manifest_stamp = load_manifest(self.path), stamp
             self._read_new()
 
     # ----------------------------------------------------------------- columns

@@ -19,20 +19,31 @@ The result is a :class:`Validation`; with ``out`` it also writes ``report.json``
 
 from __future__ import annotations
 
-import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+
+import torch
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.text_metrics import hits, is_clear, score
+from saesteer.evaluation.feature_facts import compute_facts
+from saesteer.evaluation.reference import sample_reference
+from saesteer.models.loading import load_model
+from saesteer.saes import load_sae, save_sae
+from saesteer.steerer import Steerer
+from saesteer.sweep.runner import Sweep
+from saesteer.training import sample_activations, train_topk_sae
+from saesteer.validation.criterion import (N_BEST, chance_clear, clearest, no_fluency_score, result_dict, shown,
+                                          top_hits)
+from saesteer.validation.page import write_outputs
+
+
 
 DEFAULT_MODEL = "../shared/models/stories260K-hf"
 DEFAULT_PROMPT = "Once upon a time"
-N_BEST = 20
 CHANCE_SHIFTS = (131, 517, 777)
 """Feature ``f``'s texts are checked against feature ``(f + s) % n``'s firing words for each shift ``s``."""
 REPORT_KEYS = ("variance_explained", "l0", "dead_fraction", "n_features", "clear_bos", "clear_prompt", "clear_both",
@@ -78,57 +89,6 @@ class ValidationConfig:
             raise SaesteerError("max_new_tokens, tokens, reference_samples and reference_length must be positive")
         if not self.reference_temperature > 0:
             raise SaesteerError(f"reference_temperature must be above 0, got {self.reference_temperature}")
-
-
-# --------------------------------------------------------------------------- the criterion
-def clearest(results: Iterable):
-    """One feature's results on one prompt (``SweepResult``s) -> its clearest continuation, or None.
-
-    A continuation is *clear* (``text_metrics.is_clear``) when it holds at least 2 occurrences of the
-    feature's firing words (function words removed), the unsteered continuation none, and its mean
-    log-probability under the unsteered model is at most 1 nat/token below the unsteered text's. A feature
-    *steers clearly* on a prompt when one of its values gives a clear continuation. Among clear ones this
-    returns the one with the most firing-word occurrences, then the smallest fluency drop, then the first.
-    """
-    best = None
-    for r in results:
-        m = r.metrics
-        if not is_clear(m.fire_hits, m.base_fire_hits, m.fluency_drop):
-            continue
-        if best is None or (m.fire_hits, -m.fluency_drop) > (best.metrics.fire_hits, -best.metrics.fluency_drop):
-            best = r
-    return best
-
-
-def chance_clear(results: Sequence, facts, baseline_tokens: Sequence[int], baseline_text: str, shift: int) -> set[int]:
-    """Features ``f`` whose continuations would be clear against feature ``(f + shift) % n``'s firing words.
-
-    The control for :func:`clearest`: same texts, same fluency, someone else's words. Its size is what
-    the clear count would be if steering had nothing to do with what a feature fires on.
-    """
-    n = len(facts)
-    out: set[int] = set()
-    base_hits: dict[int, int] = {}
-    for r in results:
-        g = (r.feature + shift) % n
-        if g not in base_hits:
-            base_hits[g] = hits(baseline_tokens, baseline_text, facts.targets(g)).words
-        if r.feature in out or base_hits[g]:
-            continue
-        if is_clear(hits(r.tokens, r.text, facts.targets(g)).words, 0, r.metrics.fluency_drop):
-            out.add(r.feature)
-    return out
-
-
-def no_fluency_score(m) -> float:
-    """The score a sweep without ``--fluency`` gives the same continuation (coherence from repetition)."""
-    return score(m.fire_hits, m.base_fire_hits, m.lens_hits, m.base_lens_hits, repetition=m.repetition)
-
-
-def top_hits(best_scores: dict[int, float], clear: set[int], n: int = N_BEST) -> int:
-    """How many of the ``n`` features with the highest score (ties: lower id first) are in ``clear``."""
-    top = sorted(best_scores, key=lambda f: (-best_scores[f], f))[:n]
-    return sum(1 for f in top if f in clear)
 
 
 # --------------------------------------------------------------------------- results
@@ -199,8 +159,6 @@ class Validation:
 
 # --------------------------------------------------------------------------- steps
 def _machine() -> dict:
-    import torch
-
     load = os.getloadavg() if hasattr(os, "getloadavg") else (None, None, None)
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg_1min": load[0],
@@ -215,54 +173,13 @@ def _middle_hook(model) -> str:
     return f"blocks.{layers // 2}.hook_resid_post"
 
 
-def sample_reference(lm, *, samples: int, length: int, temperature: float, seed: int):
-    """``samples`` sequences of ``length`` tokens the model samples from BOS at ``temperature`` (seeded), as a
-    feature-facts ``Reference``."""
-    import torch
-
-    from saesteer.engine import GenerationConfig, generate_ids
-    from saesteer.evaluation.feature_facts import Reference
-
-    if lm.bos_token_id is None:
-        raise SaesteerError("the model has no BOS token to sample reference text from")
-    rows: list[list[int]] = []
-    for c, start in enumerate(range(0, samples, 128)):
-        n = min(128, samples - start)
-        cfg = GenerationConfig(max_new_tokens=length, temperature=temperature, seed=seed * 100_003 + c,
-                               stop_at_eos=False)
-        out = generate_ids(lm.model, [[lm.bos_token_id]] * n, cfg, eos_token_id=lm.eos_token_id,
-                           pad_token_id=lm.pad_token_id)
-        rows.extend([lm.bos_token_id] + list(r) for r in out)
-    desc = {"source": "sampled", "length": length, "sequences": samples, "seed": seed, "temperature": temperature}
-    return Reference(torch.tensor(rows, dtype=torch.long), desc)
-
-
 def _say(progress: bool, text: str) -> None:
     if progress:
-        import click
-
-        click.echo(text, err=True)
-
-
-def _result_dict(rel: bool, r) -> dict:
-    m = r.metrics
-    return {"value": r.value, "relative": rel, "clamp": round(r.clamp, 4), "text": r.text, "fire_hits": m.fire_hits,
-            "fluency_drop": None if m.fluency_drop is None else round(m.fluency_drop, 4), "score": round(m.score, 4),
-            "clear": bool(is_clear(m.fire_hits, m.base_fire_hits, m.fluency_drop))}
-
-
-def _shown(rs: list) -> tuple[bool, object]:
-    """The ``(relative, result)`` to show for one feature on one prompt: its clearest, else its best-scoring."""
-    c = clearest(r for _, r in rs)
-    if c is not None:
-        return next(x for x in rs if x[1] is c)
-    return max(rs, key=lambda x: x[1].metrics.score)
+        print(text, file=sys.stderr, flush=True)
 
 
 def _train(lm, hook: str, cfg: ValidationConfig, progress: bool, t: dict):
     """Sample activations, train the SAE; the statistics are measured on held-out samples."""
-    from saesteer.training import sample_activations, train_topk_sae
-
     t0 = time.perf_counter()
     acts = sample_activations(lm, hook, cfg.tokens, seq_len=cfg.seq_len, seed=cfg.seed, progress=progress)
     t["sample_s"] = time.perf_counter() - t0
@@ -278,8 +195,6 @@ def _train(lm, hook: str, cfg: ValidationConfig, progress: bool, t: dict):
 
 def _sweep_prompt(st, facts, cfg: ValidationConfig, prompt: str | None, n_features: int, progress: bool):
     """Every feature at every value from ``prompt``: ``({feature: [(relative, SweepResult), ...]}, baseline)``."""
-    from saesteer.sweep.runner import Sweep
-
     by_feature: dict[int, list] = {f: [] for f in range(n_features)}
     baseline = None
     for rel, values in ((False, cfg.values), (True, cfg.relative_values)):
@@ -324,7 +239,7 @@ def _best_features(per_prompt: dict, clear_sets: dict, facts, n: int = N_BEST) -
     best = []
     for f in sorted(features, key=rank)[:n]:
         ff = facts[f]
-        texts = {lbl: _result_dict(*_shown(per_prompt[lbl][f])) for lbl in per_prompt}
+        texts = {lbl: result_dict(*shown(per_prompt[lbl][f])) for lbl in per_prompt}
         best.append(FeatureOutcome(f, list(ff.firing_words), round(ff.max_activation, 4),
                                    [lbl for lbl in per_prompt if f in clear_sets[lbl]], round(summed[f], 4), texts))
     return best
@@ -337,11 +252,6 @@ def _best_score(per_prompt: dict, f: int, fn) -> float:
 def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike | None = None, progress: bool = True,
              **overrides) -> Validation:
     """Run the validation (see the module docstring); keywords override ``config``'s fields."""
-    from saesteer.evaluation.feature_facts import compute_facts
-    from saesteer.models.loading import load_model
-    from saesteer.saes import load_sae, save_sae
-    from saesteer.steerer import Steerer
-
     cfg = config or ValidationConfig()
     if overrides:
         unknown = set(overrides) - set(ValidationConfig.__dataclass_fields__)
@@ -412,100 +322,3 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
         write_outputs(result, out_dir, per_prompt, facts)
     return result
 
-
-# --------------------------------------------------------------------------- outputs
-def write_outputs(result: Validation, out_dir: Path, per_prompt: dict, facts) -> None:
-    """``report.json``, ``report.html`` and ``features.jsonl`` (every feature's clearest or best text per prompt)."""
-    from saesteer.io import atomic_write_json, atomic_write_text
-
-    lines = []
-    clear = {p.label: set(p.clear) for p in result.prompts}
-    for f in range(result.n_features):
-        rec = {"feature": f, "firing_words": facts.words[f], "max_activation": round(float(facts.max_activation[f]), 4)}
-        for lbl, by_feature in per_prompt.items():
-            rec[f"clear_{lbl}"] = f in clear[lbl]
-            rec[lbl] = _result_dict(*_shown(by_feature[f]))
-        lines.append(json.dumps(rec, ensure_ascii=False))
-    atomic_write_text(out_dir / "features.jsonl", "\n".join(lines) + "\n")
-    atomic_write_json(out_dir / "report.json", result.report())
-    atomic_write_text(out_dir / "report.html", report_page(result))
-
-
-def _marked(text: str, firing: Iterable[str]) -> str:
-    """``text`` HTML-escaped, with the words that are firing words in ``<mark>``."""
-    import re
-
-    from saesteer.evaluation.report import e
-
-    targets = {w.lower() for w in firing}
-    out, pos = [], 0
-    for m in re.finditer(r"[^\W\d_]+", text):
-        out.append(e(text[pos:m.start()]))
-        word = m.group(0)
-        out.append(f"<mark>{e(word)}</mark>" if word.lower() in targets else e(word))
-        pos = m.end()
-    out.append(e(text[pos:]))
-    return "".join(out)
-
-
-def _load(machine: dict) -> str:
-    a, b = machine.get("load_avg_1min"), machine.get("load_avg_1min_end")
-    return "unknown" if a is None else f"{a:.2f} at the start, {b:.2f} at the end on {machine.get('cpus')} CPUs"
-
-
-def report_page(v: Validation) -> str:
-    """The validation as one self-contained HTML page."""
-    from saesteer.evaluation.report import _page, e
-
-    c = v.config
-    prompt = {p.label: p for p in v.prompts}
-    shown = {"bos": "&lt;BOS&gt;", "prompt": e(c["prompt"])}
-    rows = [
-        ("variance explained (held-out)", f"{v.variance_explained:.4f}"),
-        ("L0", f"{v.l0:.2f}"),
-        ("dead latents", f"{100 * v.dead_fraction:.2f}%"),
-        ("features swept", str(v.n_features)),
-        ("steer clearly from BOS", f"{v.clear_bos} <span class=\"meta\">(chance {v.chance_bos:.1f})</span>"),
-        (f"steer clearly from {e(c['prompt'])!s}", f"{v.clear_prompt} <span class=\"meta\">(chance "
-                                                   f"{v.chance_prompt:.1f})</span>"),
-        ("steer clearly from both", f"{v.clear_both} <span class=\"meta\">(chance {v.chance_both:.1f})</span>"),
-        ("clear among the score's top 20", f"{v.top20_score_hits} <span class=\"meta\">(score without fluency: "
-                                           f"{v.top20_score_hits_no_fluency})</span>"),
-        ("time", f"{v.timings.get('total_s', 0):.0f}s (sampling {v.timings.get('sample_s', 0):.0f}s, training "
-                 f"{v.timings.get('train_s', 0):.0f}s, facts {v.timings.get('facts_s', 0):.0f}s, sweeps "
-                 f"{v.timings.get('sweep_s', 0):.0f}s); 1-minute load average {_load(v.machine)}"),
-    ]
-    body = [f"<div class=\"saesteer-report\"><h1>Steering validation on {e(Path(v.model).name)}</h1>",
-            f"<p class=\"meta\">SAE: {c['latents']} latents, k={c['k']}, at <code>{e(v.hook)}</code>, trained on "
-            f"{c['tokens']:,} self-sampled tokens (seed {c['seed']}). Values: {e(list(c['values']))} and "
-            f"{e(list(c['relative_values']))} x each feature's maximum activation; {c['max_new_tokens']} new tokens."
-            "</p><table>"]
-    body += [f"<tr><th>{k}</th><td>{val}</td></tr>" for k, val in rows]
-    body.append("</table><p class=\"meta\">A feature <b>steers clearly</b> when, at some value, the continuation has at"
-                " least 2 of its firing words (function words removed) where the unsteered text has none, and its mean"
-                " log-probability under the unsteered model is at most 1 nat/token below the unsteered text's. "
-                "<b>Chance</b>: the same count with each feature's texts checked against another feature's firing "
-                "words.</p><h2>Unsteered</h2><table>")
-    for lbl in ("bos", "prompt"):
-        p = prompt[lbl]
-        flu = "–" if p.baseline_fluency is None else f"{p.baseline_fluency:.3f}"
-        body.append(f"<tr class=\"baseline\"><td>{shown[lbl]}</td><td class=\"text\">{e(p.baseline)}</td>"
-                    f"<td class=\"num\">{flu} nats/token</td></tr>")
-    body.append(f"</table><h2>The {len(v.best)} best features</h2>")
-    for b in v.best:
-        words = "".join(f"<span>{e(w)}</span>" for w in b.firing_words) or "<span class=\"meta\">none</span>"
-        body.append(f"<div class=\"card\"><h3>Feature {b.feature} <span class=\"meta\">clear on: "
-                    f"{e(', '.join(b.clear_on) or 'neither')}; max activation {b.max_activation:.2f}</span></h3>"
-                    f"<div class=\"chips words\">{words}</div><table>")
-        for lbl, r in b.texts.items():
-            how = f"{r['value']:g} x max ({r['clamp']:.2f})" if r["relative"] else f"{r['value']:g}"
-            drop = "–" if r["fluency_drop"] is None else f"{r['fluency_drop']:.2f}"
-            body.append(f"<tr><td>{shown[lbl]}<br><span class=\"meta\">clamp {e(how)}<br>{r['fire_hits']} hits, "
-                        f"drop {drop}{' — clear' if r['clear'] else ''}</span></td><td class=\"text\">"
-                        f"<span class=\"prompt\">{shown[lbl]}</span>{_marked(r['text'], b.firing_words)}</td></tr>")
-        body.append("</table></div>")
-    body.append("<h2>All features that steer clearly</h2><dl>")
-    for lbl in ("bos", "prompt"):
-        body.append(f"<dt>from {shown[lbl]}</dt><dd>{e(', '.join(map(str, prompt[lbl].clear)) or 'none')}</dd>")
-    body.append("</dl></div>")
-    return _page(f"saesteer validation: {Path(v.model).name}", "".join(body))

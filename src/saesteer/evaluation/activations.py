@@ -1,0 +1,113 @@
+"""Activations of an SAE's features on token sequences, and the logit lens of its decoder directions."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from saesteer.models.hook_sites import hook_site, unembed_directions
+from saesteer.steering.hooks import hooks
+
+
+def residual_directions(model, hook: str, directions: Tensor) -> Tensor:
+    """Decoder directions as residual-stream directions (``mlp.hook_post`` goes through the MLP's output)."""
+    site = hook_site(model, hook)
+    if site.kind != "mlp.hook_post":
+        return directions
+    proj = site._block().get_submodule(site.arch.mlp_out_proj)
+    w = proj.weight.to(directions.dtype)
+    return directions @ w if type(proj).__name__ == "Conv1D" else directions @ w.T
+
+
+@torch.no_grad()
+def logit_lens(model, sae, hook: str, *, n: int = 16, chunk: int = 1024) -> dict[str, Tensor]:
+    """Top and bottom ``n`` tokens of every feature's decoder direction: ``lens_{top,bottom}_{ids,vals}``."""
+    W = sae.W_dec
+    tops, topv, bots, botv = [], [], [], []
+    for s in range(0, W.shape[0], chunk):
+        d = residual_directions(model, hook, W[s:s + chunk].to(next(model.parameters()).dtype))
+        logits = unembed_directions(model, d).float()
+        k = min(n, logits.shape[-1])
+        t = logits.topk(k, dim=-1)
+        b = logits.topk(k, dim=-1, largest=False)
+        tops.append(t.indices.int().cpu()), topv.append(t.values.cpu())
+        bots.append(b.indices.int().cpu()), botv.append(b.values.cpu())
+    return {"lens_top_ids": torch.cat(tops), "lens_top_vals": torch.cat(topv),
+            "lens_bottom_ids": torch.cat(bots), "lens_bottom_vals": torch.cat(botv)}
+
+
+class _Stop(Exception):
+    """Raised from the recording hook: nothing above the hook is needed."""
+
+
+@torch.no_grad()
+def hook_activations(model, hook: str, tokens: Tensor) -> Tensor:
+    """Activations ``[B, T, d]`` at ``hook`` for ``tokens [B, T]`` (the forward stops at the hook)."""
+    captured: list[Tensor] = []
+
+    def grab(act: Tensor):
+        captured.append(act.detach())
+        raise _Stop
+
+    device = next(model.parameters()).device
+    with hooks(model, [(hook, grab)]):
+        try:
+            model(input_ids=tokens.to(device), use_cache=False)
+        except _Stop:
+            pass
+    return captured[0]
+
+
+@torch.no_grad()
+def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[int] = (), k: int = 32,
+                 seqs_per_forward: int = 16, progress: bool = False) -> dict[str, Tensor]:
+    """Each feature's ``k`` largest activations over ``tokens [n, T]`` (``example_vals``/``example_index``,
+    flat indices, -1 where it fired fewer times), ``max_act`` and ``frequency``. Tokens in ``skip_ids``
+    (BOS) are left out."""
+    from tqdm.auto import tqdm
+
+    F = sae.d_sae
+    n, T = tokens.shape
+    k = min(k, n * T)
+    dev = sae.device  # the running top-k stays where the SAE is (a GPU sends back [k, F] once, at the end)
+    run_vals = torch.zeros(k, F, device=dev)
+    run_idx = torch.full((k, F), -1, dtype=torch.long, device=dev)
+    active = torch.zeros(F, dtype=torch.long, device=dev)
+    counted = 0
+    chunk = max(64, (1 << 25) // F)  # tokens per encode: [chunk, F] floats stay near 128 MB
+    skip = torch.tensor(sorted(set(int(s) for s in skip_ids)), dtype=torch.long)
+    bar = tqdm(total=n, desc="feature activations", unit="seq", disable=not progress, leave=False)
+    for s in range(0, n, seqs_per_forward):
+        block = tokens[s:s + seqs_per_forward]
+        acts = hook_activations(model, hook, block)
+        x_all = acts.reshape(-1, acts.shape[-1])
+        flat_ids = block.reshape(-1)
+        keep_all = ~torch.isin(flat_ids, skip) if skip.numel() else torch.ones_like(flat_ids, dtype=torch.bool)
+        for c in range(0, x_all.shape[0], chunk):
+            x = x_all[c:c + chunk].to(dev)
+            keep = keep_all[c:c + chunk].to(dev)
+            z = sae.encode(x).float()
+            z[~keep] = 0
+            z.clamp_(min=0)
+            active += (z > 0).sum(0)
+            counted += int(keep.sum())
+            kk = min(k, z.shape[0])
+            v, i = z.topk(kk, dim=0)
+            i = i + s * T + c
+            i[v <= 0] = -1
+            vals = torch.cat([run_vals, v])
+            idx = torch.cat([run_idx, i])
+            best = vals.topk(k, dim=0)
+            run_vals, run_idx = best.values, idx.gather(0, best.indices)
+        bar.update(block.shape[0])
+    bar.close()
+    run_idx[run_vals <= 0] = -1
+    run_vals, run_idx, active = run_vals.cpu(), run_idx.cpu(), active.cpu()
+    return {
+        "example_vals": run_vals.T.contiguous(),
+        "example_index": run_idx.T.contiguous().int(),
+        "max_act": run_vals[0].clone(),
+        "frequency": active.float() / max(counted, 1),
+    }

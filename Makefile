@@ -8,8 +8,9 @@ EXTRAS ?= test,oracle,web,docs,ray
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	@echo "Installing saesteer with extras [$(EXTRAS)] into $(VENV) (torch CPU and friends: a few minutes the first time)"
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	$(BIN)/pip install --progress-bar on -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -91,9 +91,11 @@ def test_unknown_hook_and_width_mismatch(capsys, tiny_model_dir, tiny_sae_pt):
     assert "64-wide" in capsys.readouterr().err
 
 
-def test_missing_model_offline_says_how_to_fix(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run([sys.executable, "-m", "saesteer.cli.main", "generate", "--model", "gpt2-small"],
+def test_missing_model_offline_says_how_to_fix(tmp_path, tiny_sae_pt):
+    """An explicit --sae is kept (no fall-back to the embedded pair), so the missing model is an error."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    proc = subprocess.run([sys.executable, "-m", "saesteer.cli.main", "generate", "--model", "gpt2-small",
+                           "--sae", str(tiny_sae_pt)],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

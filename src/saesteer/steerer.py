@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from saesteer import assets
 from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.reconstruction import ReconstructionStats, reconstruction_stats, top_active
@@ -23,6 +24,13 @@ from saesteer.models.loading import LoadedModel, as_loaded
 from saesteer.saes.base import SAE
 from saesteer.steering.clamp import FeatureClamp, as_clamps
 from saesteer.steering.hooks import make_clamp, record, resolve_hook_name
+
+
+def check_hook_override(sae: SAE, hook: str, force: bool) -> None:
+    """Refuse to read an SAE at another hook than the one it was trained at, unless forced."""
+    if sae.hook_name and hook != sae.hook_name and not force:
+        raise SaesteerError(f"this SAE was trained at {sae.hook_name}, not {hook}; its features mean nothing"
+                            " elsewhere: drop --hook, or pass --force-hook (force_hook=True) to use it anyway")
 
 
 @dataclass
@@ -84,13 +92,15 @@ class Steerer:
     """
 
     def __init__(self, model="gpt2-small", sae=None, *, hook: str | None = None, tokenizer=None,
-                 device: str | None = "cpu", dtype=None, engine: str = "auto"):
+                 device: str | None = "cpu", dtype=None, engine: str = "auto", force_hook: bool = False):
         self.lm: LoadedModel = as_loaded(model, tokenizer, device=device, dtype=dtype)
-        if isinstance(sae, (str, bytes)) or hasattr(sae, "__fspath__"):
+        self.sae_name = str(sae) if isinstance(sae, (str, bytes)) or hasattr(sae, "__fspath__") else None
+        if self.sae_name is not None:
             from saesteer.saes import load_sae
 
-            sae = load_sae(str(sae), hook_name=hook, device=self.lm.device)
-        elif isinstance(sae, SAE) and hook:
+            sae = load_sae(assets.sae_path(self.sae_name), device=self.lm.device)
+        if isinstance(sae, SAE) and hook:
+            check_hook_override(sae, hook, force_hook)
             sae = sae.with_hook(hook)
         self.sae: SAE | None = sae.to(self.lm.device) if sae is not None else None
         self.hook_name = resolve_hook_name(self.sae, hook) if self.sae is not None else hook
@@ -99,6 +109,12 @@ class Steerer:
             if self.sae is not None:
                 make_clamp(self.lm.model, self.sae, [], hook_name=self.hook_name)  # width check
         self.engine = engine
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.lm.model.parameters())
+        sae = "no SAE" if self.sae is None else f"SAE {self.sae_name or 'object'} ({self.sae.d_sae} latents)"
+        return (f"Steerer(model {self.lm.name!r} ({params:,} parameters, {self.lm.device}), {sae},"
+                f" hook {self.hook_name!r}, engine {self.engine!r})")
 
     # ----------------------------------------------------------------- helpers
     @property

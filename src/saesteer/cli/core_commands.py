@@ -116,15 +116,15 @@ def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tok
 @model_options
 @click.option("--feature", default=None, type=int, help="Feature to clamp in the steering steps (default: the most active one).")
 @click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value in the steering steps.")
-@click.option("--prompt", default="Happiness is", show_default=True)
+@click.option("--prompt", default=None,
+              help="Prompt of the session (default: 'Happiness is'; 'Once upon a time' on stories260K).")
 @click.option("--out", "out", default="demo_sentences.txt", show_default=True, type=click.Path(dir_okay=False),
               help="Where step 9 saves its sentences.")
 def demo(model, sae, hook, device, feature, value, prompt, out):
     """Walk through the practical session, step by step."""
     from saesteer.cli.demo import run_demo
 
-    run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, prompt=prompt, out=out,
-             model_name=model, sae_name=sae)
+    run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, prompt=prompt, out=out)
 
 
 COMMANDS = [generate, reconstruct, batch, demo]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
+from saesteer import assets
+from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE
 from saesteer.io import atomic_write_text, escape_text
 from saesteer.steerer import Steerer
 
@@ -13,12 +17,30 @@ def _heading(n: int, title: str) -> None:
     click.echo(click.style(f"== Step {n}: {title}", bold=True, fg="cyan"))
 
 
-def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str, out: str, model_name: str,
-             sae_name: str, n_batch: int = 8) -> None:
+def default_prompt(st: Steerer) -> str:
+    """A prompt in the model's own style: a story opening for the embedded TinyStories model."""
+    return assets.EMBEDDED_PROMPT if assets.is_embedded(st.lm.name) else "Happiness is"
+
+
+def next_steps_hint(st: Steerer) -> str:
+    """The closing hint, with the --model/--sae/--hook this session ran on (unless they are the defaults)."""
+    args = ""
+    if (st.lm.name, st.sae_name) != (DEFAULT_MODEL, DEFAULT_SAE):
+        args = f" --model {shlex.quote(st.lm.name)} --sae {shlex.quote(str(st.sae_name))}"
+        if st.sae is not None and st.hook_name != st.sae.hook_name:
+            args += f" --hook {st.hook_name}"
+    stop = min(st.sae.d_sae, 1024) if st.sae is not None else 1024
+    return (f"Next: `saesteer sweep{args} --features 0:{stop} --out sweep/` explores features at scale,"
+            f" and `saesteer compare{args} --prompt ...` puts steered and unsteered text side by side.")
+
+
+def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str | None, out: str,
+             n_batch: int = 8) -> None:
     sae = st._need_sae()
+    prompt = prompt or default_prompt(st)
     _heading(0, "load a model and an SAE")
-    click.echo(f"model {model_name} ({sum(p.numel() for p in st.model.parameters()):,} parameters)")
-    click.echo(f"SAE   {sae_name}: {sae}")
+    click.echo(f"model {st.lm.name} ({sum(p.numel() for p in st.model.parameters()):,} parameters)")
+    click.echo(f"SAE   {st.sae_name or 'object'}: {sae}")
 
     _heading(1, f"record the activation at {st.hook_name}")
     run = st.run(prompt)
@@ -29,6 +51,9 @@ def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str, out
     click.echo(f"next predicted token: {run.next_token!r} (id {run.next_token_id})")
     click.echo(f"activation at the last position: norm {float(act.norm()):.3f}, first values "
                + ", ".join(f"{float(v):.3f}" for v in act[:6]))
+    rest = run.activation[1:] if len(run.prompt_tokens) > 1 else run.activation
+    click.echo(f"mean norm over the {rest.shape[0]} tokens after BOS: {float(rest.norm(dim=-1).mean()):.3f}"
+               " (the 'activation norm' that `saesteer reconstruct` reports)")
 
     _heading(3, "reconstruct it with the SAE")
     rec = st.reconstruct(prompt)
@@ -68,5 +93,4 @@ def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str, out
     for f, g in zip(feats, results):
         click.echo(f"  {f:>6}  {g.text!r}")
     click.echo()
-    click.echo("Next: `saesteer sweep --features 0:1024 --out sweep/` explores features at scale,"
-               " and `saesteer compare` puts steered and unsteered text side by side.")
+    click.echo(next_steps_hint(st))

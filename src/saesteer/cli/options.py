@@ -7,8 +7,7 @@ import json
 
 import click
 
-DEFAULT_MODEL = "gpt2-small"
-DEFAULT_SAE = "openai:v5_32k/resid_post_mlp/6"
+from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE
 
 
 def model_options(func):
@@ -21,18 +20,27 @@ def model_options(func):
     @click.option("--hook", "hook", default=None,
                   help="Hook site such as blocks.6.hook_resid_post (for SAE files that do not name one, or to override).")
     @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, or auto.")
+    @click.option("--force-hook", "force_hook", is_flag=True,
+                  help="Use the SAE at --hook even though it names another hook site.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        click.get_current_context().meta["saesteer.force_hook"] = kwargs.pop("force_hook", False)
         return func(*args, **kwargs)
 
     return wrapper
 
 
 def build_steerer(model: str, sae: str | None, hook: str | None, device: str, dtype=None):
-    """Load the model and SAE named on the command line."""
+    """Load the model and SAE named on the command line (the embedded pair where the defaults are offline)."""
+    from saesteer.defaults import choose
     from saesteer.steerer import Steerer
 
-    return Steerer(model, sae, hook=hook, device=device, dtype=dtype)
+    choice = choose(model, sae, hook)
+    if choice.note:
+        click.echo(f"note: {choice.note}", err=True)
+    ctx = click.get_current_context(silent=True)
+    force = bool(ctx and ctx.meta.get("saesteer.force_hook"))
+    return Steerer(choice.model, choice.sae, hook=choice.hook, device=device, dtype=dtype, force_hook=force)
 
 
 def echo_json(obj) -> None:

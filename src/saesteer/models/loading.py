@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saesteer import assets, net
 from saesteer.errors import SaesteerError
 
 ALIASES = {
@@ -102,10 +103,6 @@ def wrap_model(model: nn.Module, tokenizer=None, *, name: str | None = None) -> 
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name), bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-
-
 def _cached(repo: str) -> bool:
     """Whether the hub cache already holds this repo's config (then no network is needed)."""
     from huggingface_hub import try_to_load_from_cache
@@ -114,17 +111,13 @@ def _cached(repo: str) -> bool:
     return isinstance(found, str)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP probe of the hub endpoint (honours HF_ENDPOINT)."""
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def _check_model_dir(path: Path, name: str) -> None:
+    """A local folder must be a Hugging Face model directory; say so in one line when it is not."""
+    if not path.is_dir():
+        raise SaesteerError(f"model path {name!r} is a file; pass a Hugging Face model directory (with config.json)")
+    if not (path / "config.json").is_file():
+        raise SaesteerError(f"{name!r} has no config.json, so it is not a Hugging Face model directory; pass the"
+                            " folder that holds config.json and the weights (or save one with save_pretrained)")
 
 
 def load_model(
@@ -133,23 +126,27 @@ def load_model(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
-    """Load ``gpt2-small``/``gpt2`` (hub ``openai-community/gpt2``), any hub id, or a local HF directory."""
+    """Load ``gpt2-small``/``gpt2`` (hub ``openai-community/gpt2``), the embedded ``stories260K``, any hub id,
+    or a local HF directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the weight-loading bar is noise; hub downloads keep their own bars
     hf_logging.set_verbosity_error()
-    repo = ALIASES.get(name_or_path, name_or_path)
-    local = Path(name_or_path).expanduser()
+    path_text = assets.model_path(name_or_path)
+    repo = ALIASES.get(name_or_path, path_text)
+    local = Path(path_text).expanduser()
     is_local = local.exists()
     looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if not is_local and looks_like_path:
         raise SaesteerError(f"model directory {name_or_path!r} does not exist; pass a Hugging Face model directory")
+    if is_local:
+        _check_model_dir(local, name_or_path)
     source = str(local) if is_local else repo
     torch_dtype = parse_dtype(dtype) or torch.float32
     # Try the local cache first; reach for the hub only when it answers, so an offline machine fails at
     # once with a clear message instead of after a minute of retries.
-    local_only = is_local or _offline() or _cached(source) or not _hub_reachable()
+    local_only = is_local or net.offline_by_env() or _cached(source) or not net.hub_reachable()
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import requests
 from tqdm.auto import tqdm
 
+from saesteer import net
 from saesteer.errors import SaesteerError
 from saesteer.io import default_cache_dir  # re-exported: saes.download.default_cache_dir
 
@@ -127,6 +128,10 @@ def _download_locked(url, dest: Path, progress, expected_size, chunk, retries, b
                 requests.exceptions.ContentDecodingError,
             ) as exc:
                 reason = type(exc).__name__
+                if isinstance(exc, requests.ConnectionError) and not net.host_reachable(url):
+                    raise SaesteerError(  # no answer at all: retrying with backoff would only wait
+                        f"could not download {url}: its host cannot be reached (no network?); {how_to_fix(dest)}"
+                    ) from None
             failures += 1
             if failures > retries:
                 raise SaesteerError(

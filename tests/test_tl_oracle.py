@@ -36,8 +36,8 @@ def tl_gpt2(hf_model):
     return model.eval()
 
 
-def compare(hf_model, tl_model, ids, layers, atol):
-    names = [f"blocks.{l}.{s}" for l in layers for s in SITES]
+def compare(hf_model, tl_model, ids, layers, atol, sites=SITES):
+    names = [f"blocks.{l}.{s}" for l in layers for s in sites]
     with torch.no_grad(), record(hf_model, names) as rec:
         hf_logits = hf_model(input_ids=ids).logits
     with torch.no_grad():
@@ -89,3 +89,78 @@ def test_stories260k_llama_matches_transformer_lens(stories_path):
     lm = load_model(str(stories_path))
     ids = torch.tensor([lm.encode("Once upon a time, there was a little girl")])
     compare(lm.model, tl_llama(lm.model), ids, layers=range(5), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- every family, tiny random weights
+
+TL_FROM_HF_CONFIG = ("llama", "mistral", "qwen2", "qwen3", "phi3", "neox", "neox_seq")
+"""TransformerLens converts these families' HF config itself (from a local model directory)."""
+GEMMAS = ("gemma", "gemma2", "gemma3", "gemma3_mm")
+"""TransformerLens hard-codes Gemma configs per checkpoint name: the config is written here from the HF config
+in the form of TransformerLens's own Gemma entries; the weights go through TransformerLens's converter."""
+
+
+def tl_from_directory(hf_model, directory):
+    """TransformerLens's own config and weight conversion for a model saved in ``directory`` (no processing)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens import loading_from_pretrained as tl_loading
+
+    hf_model.save_pretrained(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = tl_loading.get_pretrained_model_config(str(directory), fold_ln=False, device="cpu", dtype=torch.float32)
+        cfg.tokenizer_name = None  # ids only: the directory holds no tokenizer
+        state = tl_loading.get_pretrained_state_dict(str(directory), cfg, hf_model=hf_model, dtype=torch.float32)
+        model = HookedTransformer(cfg)
+        model.load_and_process_state_dict(state, fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                          fold_value_biases=False)
+    return model.eval()
+
+
+def tl_gemma(hf_model):
+    """A HookedTransformer for a Gemma 1/2/3 HF model (text decoder of a Gemma 3 multimodal model)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gemma_weights
+
+    c = hf_model.config.get_text_config()
+    cfg = dict(
+        d_model=c.hidden_size, d_head=c.head_dim, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
+        act_fn=getattr(c, "hidden_activation", None) or c.hidden_act, normalization_type="RMS", positional_embedding_type="rotary",
+        use_attn_scale=True, n_key_value_heads=c.num_key_value_heads, gated_mlp=True, final_rms=True,
+        original_architecture=type(hf_model).__name__, dtype=torch.float32, device="cpu",
+    )
+    if c.model_type == "gemma":
+        cfg.update(rotary_base=c.rope_parameters["rope_theta"])
+    else:
+        assert c.query_pre_attn_scalar == c.head_dim  # TransformerLens's default scale, 1/sqrt(d_head)
+        cfg.update(window_size=c.sliding_window, use_local_attn=True, use_normalization_before_and_after=True,
+                   attn_types=["local" if t == "sliding_attention" else "global" for t in c.layer_types])
+    if c.model_type == "gemma2":
+        cfg.update(rotary_base=c.rope_parameters["rope_theta"], attn_scores_soft_cap=c.attn_logit_softcapping,
+                   output_logits_soft_cap=c.final_logit_softcapping)
+    if c.model_type == "gemma3_text":
+        cfg.update(rotary_base=c.rope_parameters["full_attention"]["rope_theta"], use_qk_norm=True,
+                   rotary_base_local=c.rope_parameters["sliding_attention"]["rope_theta"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = HookedTransformerConfig(**cfg)
+        model = HookedTransformer(config)
+        model.load_and_process_state_dict(convert_gemma_weights(hf_model, config), fold_ln=False,
+                                          center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", TL_FROM_HF_CONFIG + GEMMAS)
+def test_tiny_family_matches_transformer_lens(family, tmp_path, one_thread):
+    from _tiny_models import make_tiny
+
+    from saesteer.models.families import is_parallel
+
+    model = make_tiny(family)
+    tl_model = tl_gemma(model) if family in GEMMAS else tl_from_directory(model, tmp_path / "hf")
+    # Ten tokens: longer than the sliding windows (4) of Mistral, Phi-3 and Gemma 2/3's local layers.
+    ids = torch.tensor([[50256, 39, 4266, 318, 257, 922, 11, 290, 612, 837]])
+    sites = [s for s in SITES if not (s == "hook_resid_mid" and is_parallel(model))]
+    assert len(sites) == (5 if family == "neox" else 6)
+    compare(model, tl_model, ids, layers=range(4), atol=2e-5, sites=sites)

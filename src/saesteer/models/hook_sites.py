@@ -20,46 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from saesteer.errors import SaesteerError
+from saesteer.models.families import Architecture, architecture_of, is_parallel
 
 EditFn = Callable[[Tensor], "Tensor | None"]
 
 SITE_KINDS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "mlp.hook_post")
 _NAME = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_attn_out|hook_mlp_out|mlp\.hook_post)$")
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where a model family keeps its blocks and their parts (attribute paths from the CausalLM)."""
-
-    layers: str
-    attn: str
-    mlp: str
-    mlp_out_proj: str
-    """The MLP's output projection, whose input is TransformerLens's ``mlp.hook_post``."""
-    final_norm: str
-    unembed: str
-
-
-GPT2 = Architecture("transformer.h", "attn", "mlp", "mlp.c_proj", "transformer.ln_f", "lm_head")
-LLAMA_LIKE = Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj", "model.norm", "lm_head")
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "gpt2": GPT2,
-    "llama": LLAMA_LIKE,
-    "mistral": LLAMA_LIKE,
-    "qwen2": LLAMA_LIKE,
-    "qwen3": LLAMA_LIKE,
-}
-
-
-def architecture_of(model: nn.Module) -> Architecture:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    arch = ARCHITECTURES.get(model_type)
-    if arch is None:
-        raise SaesteerError(
-            f"model type {model_type!r} has no hook-site mapping yet; supported: {sorted(ARCHITECTURES)}"
-        )
-    return arch
 
 
 def n_layers(model: nn.Module) -> int:
@@ -127,9 +93,9 @@ class HookSite:
         if kind == "hook_resid_post":
             return HookHandle([block.register_forward_hook(_out_hook(fn))])
         if kind == "hook_attn_out":
-            return HookHandle([block.get_submodule(self.arch.attn).register_forward_hook(_out_hook(fn))])
+            return HookHandle([block.get_submodule(self.arch.attn_out_module).register_forward_hook(_out_hook(fn))])
         if kind == "hook_mlp_out":
-            return HookHandle([block.get_submodule(self.arch.mlp).register_forward_hook(_out_hook(fn))])
+            return HookHandle([block.get_submodule(self.arch.mlp_out_module).register_forward_hook(_out_hook(fn))])
         if kind == "mlp.hook_post":
             proj = block.get_submodule(self.arch.mlp_out_proj)
             return HookHandle([proj.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True)])
@@ -148,7 +114,7 @@ class HookSite:
                 return None
             return _replace_first(output, new.to(attn_out.dtype) - resid_pre)
 
-        attn = block.get_submodule(self.arch.attn)
+        attn = block.get_submodule(self.arch.attn_out_module)
         return HookHandle(
             [
                 block.register_forward_pre_hook(remember, with_kwargs=True),
@@ -190,6 +156,12 @@ def hook_site(model: nn.Module, name: str) -> HookSite:
     total = n_layers(model)
     if not 0 <= layer < total:
         raise SaesteerError(f"hook {name!r} names layer {layer}, but the model has layers 0..{total - 1}")
+    if kind == "hook_resid_mid" and is_parallel(model):
+        raise SaesteerError(
+            f"hook {name!r} does not exist on this model: its attention and MLP run in parallel on"
+            " hook_resid_pre (as in TransformerLens, which has no resid_mid there); use hook_resid_pre,"
+            " hook_attn_out, hook_mlp_out or hook_resid_post"
+        )
     return HookSite(name=name, layer=layer, kind=kind, model=model)
 
 
@@ -201,19 +173,25 @@ def site_width(model: nn.Module, name: str) -> int:
         weight = proj.weight
         # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
         return weight.shape[0] if type(proj).__name__ == "Conv1D" else weight.shape[1]
-    return int(model.config.hidden_size)
+    return d_model(model)
+
+
+def d_model(model: nn.Module) -> int:
+    """Width of the residual stream (read from the final norm, so composite configs need no special case)."""
+    return int(model.get_submodule(architecture_of(model).final_norm).weight.shape[0])
 
 
 @torch.no_grad()
 def unembed_directions(model: nn.Module, directions: Tensor) -> Tensor:
     """Logit-lens: push residual-stream directions ``[n, d]`` through the final norm's gain and unembedding.
 
-    Returns ``[n, vocab]``. Only the norm's elementwise gain is applied (a direction has no mean/scale of its own).
+    Returns ``[n, vocab]``. Only the norm's elementwise gain is applied (a direction has no mean/scale of its own);
+    Gemma's RMSNorm multiplies by ``1 + weight``.
     """
     arch = architecture_of(model)
     norm = model.get_submodule(arch.final_norm)
     unembed = model.get_submodule(arch.unembed)
     d = directions.to(unembed.weight.dtype)
     if getattr(norm, "weight", None) is not None:
-        d = d * norm.weight
+        d = d * (norm.weight + arch.norm_gain_offset)
     return d @ unembed.weight.T

@@ -1,0 +1,118 @@
+"""Hook sites on every supported family (tiny random weights): how the sites relate, what is refused, widths,
+the logit lens, and that the tiny configs exercise the features the oracle tests rely on."""
+
+import pytest
+import torch
+
+from _tiny_models import FAMILIES, make_tiny
+from saesteer.errors import SaesteerError
+from saesteer.models.families import architecture_of, is_parallel
+from saesteer.models.hook_sites import hook_site, site_width, unembed_directions
+from saesteer.steering.hooks import edit, hooks, record
+
+SITES = ["hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out", "mlp.hook_post"]
+IDS = torch.tensor([[50256, 39, 4266, 318, 257, 922, 11, 290, 612, 837]])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_model(request, one_thread):
+    return request.param, make_tiny(request.param)
+
+
+def _sites(model):
+    return [s for s in SITES if not (s == "hook_resid_mid" and is_parallel(model))]
+
+
+def test_sites_add_up_to_the_residual_stream(family_model):
+    family, model = family_model
+    names = [f"blocks.{l}.{s}" for l in range(4) for s in _sites(model)]
+    with torch.no_grad(), record(model, names) as rec:
+        hidden = model(input_ids=IDS, output_hidden_states=True).hidden_states
+    for layer in range(4):
+        pre, post = rec[f"blocks.{layer}.hook_resid_pre"], rec[f"blocks.{layer}.hook_resid_post"]
+        attn, mlp = rec[f"blocks.{layer}.hook_attn_out"], rec[f"blocks.{layer}.hook_mlp_out"]
+        assert torch.equal(pre, hidden[layer]), family
+        if layer < 3:  # the last hidden state has the final norm applied
+            assert torch.equal(post, hidden[layer + 1]), family
+        if is_parallel(model):
+            torch.testing.assert_close(post, pre + attn + mlp, atol=1e-5, rtol=1e-5)
+        else:
+            mid = rec[f"blocks.{layer}.hook_resid_mid"]
+            torch.testing.assert_close(mid, pre + attn, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(post, mid + mlp, atol=1e-5, rtol=1e-5)
+        assert rec[f"blocks.{layer}.mlp.hook_post"].shape == (1, IDS.shape[1], 64)
+
+
+def test_every_site_edits_downstream_and_hooks_are_removed(family_model):
+    family, model = family_model
+    count = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())  # noqa: E731
+    before = count()
+    with torch.no_grad():
+        clean = model(input_ids=IDS).logits
+        for site in _sites(model):
+            with edit(model, f"blocks.1.{site}", lambda a: a * -10):
+                steered = model(input_ids=IDS).logits
+            assert not torch.allclose(clean, steered, atol=1e-3), (family, site)
+        # An identity edit of resid_mid (which edits through the attention output) changes nothing measurable.
+        if not is_parallel(model):
+            with edit(model, "blocks.2.hook_resid_mid", lambda a: a.clone()):
+                same = model(input_ids=IDS).logits
+            torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-5)
+        assert torch.equal(model(input_ids=IDS).logits, clean)
+    assert count() == before
+
+
+def test_site_widths(family_model):
+    _, model = family_model
+    assert site_width(model, "blocks.0.hook_resid_post") == 32
+    assert site_width(model, "blocks.3.hook_attn_out") == 32
+    assert site_width(model, "blocks.0.mlp.hook_post") == 64
+    with pytest.raises(SaesteerError, match="layers 0..3"):
+        hook_site(model, "blocks.4.hook_resid_post")
+
+
+def test_logit_lens_applies_the_final_norm_gain(family_model):
+    """For a vector of unit RMS (LayerNorm: also zero mean), the final norm is just its gain: the logit lens of
+    the vector equals the model's own unembedding of the normalised vector."""
+    family, model = family_model
+    arch = architecture_of(model)
+    norm, unembed = model.get_submodule(arch.final_norm), model.get_submodule(arch.unembed)
+    x = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    x = x - x.mean(-1, keepdim=True)
+    x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
+    with torch.no_grad():
+        expect = unembed(norm(x) - (norm.bias if getattr(norm, "bias", None) is not None else 0))
+        torch.testing.assert_close(unembed_directions(model, x), expect, atol=2e-4, rtol=1e-3)
+
+
+def test_parallel_blocks_have_no_resid_mid():
+    parallel, sequential = make_tiny("neox"), make_tiny("neox_seq")
+    assert is_parallel(parallel) and not is_parallel(sequential)
+    with pytest.raises(SaesteerError, match="run in parallel") as err:
+        hook_site(parallel, "blocks.1.hook_resid_mid")
+    assert "\n" not in str(err.value)
+    with pytest.raises(SaesteerError, match="run in parallel"), hooks(parallel, [("blocks.1.hook_resid_mid", None)]):
+        pass
+    hook_site(sequential, "blocks.1.hook_resid_mid")
+
+
+def test_unknown_family_is_refused_in_one_line():
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    model = GPTJForCausalLM(GPTJConfig(vocab_size=64, n_embd=16, n_layer=1, n_head=2, rotary_dim=4))
+    with pytest.raises(SaesteerError, match="'gptj' has no hook-site mapping yet; supported: gemma, gemma2"):
+        hook_site(model, "blocks.0.hook_resid_post")
+
+
+@pytest.mark.parametrize("family, change", [
+    ("gemma2", {"sliding_window": 64}), ("gemma2", {"attn_logit_softcapping": None}),
+    ("gemma2", {"final_logit_softcapping": None}), ("gemma3", {"sliding_window": 64}),
+    ("gemma3", {"query_pre_attn_scalar": 16}), ("mistral", {"sliding_window": 64}), ("phi3", {"sliding_window": 64}),
+])
+def test_tiny_configs_exercise_the_family_features(family, change, one_thread):
+    """The oracle tests compare on a 10-token prompt: each feature (window 4, soft caps, attention scale) must
+    change the output there, or agreeing with TransformerLens would prove nothing about it."""
+    with torch.no_grad():
+        base = make_tiny(family)(input_ids=IDS).logits
+        changed = make_tiny(family, **change)(input_ids=IDS).logits
+    assert (base - changed).abs().max() > 1e-3

@@ -162,6 +162,11 @@ class TextMetrics:
     fluency_drop: float | None = None
     """Unsteered text's mean log-probability minus the steered text's (positive = less fluent)."""
     score: float = 0.0
+    readback_ids: list[int] | None = None
+    """With readback measured (``evaluation.readback``): the latents active in the text as the unsteered model
+    reads it ..."""
+    readback_vals: list[float] | None = None
+    """... and their mean activations over the generated positions."""
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,7 @@
-"""Rank a sweep's results: the best value of each feature, sorted by a metric, optionally about a word."""
+"""Rank a sweep's results: the best value of each feature, sorted by a metric, optionally about a word.
+
+The default order is ``steer`` (``evaluation.steer_score``): firing words and the model-internal readback
+rank (``evaluation.readback``, where the sweep measured it) together, penalising less fluent text and loops."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Callable, Iterable, Sequence
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
+from saesteer.evaluation.readback import own_readback, readback_ranks
+from saesteer.evaluation.steer_score import explain, steer_score
 from saesteer.evaluation.text_metrics import is_clear, words
 from saesteer.sweep import store as st
 
@@ -19,6 +24,8 @@ def _num(x, missing=-math.inf) -> float:
 
 
 SORTS: dict[str, Callable[[dict], tuple]] = {
+    "steer": lambda r: (_num(r.get("steer")), _num(r.get("score"))),
+    "readback": lambda r: (_num(r.get("readback_rank")), _num(r.get("steer"))),
     "score": lambda r: (_num(r.get("score")), r.get("fire_hits", 0)),
     "on_target": lambda r: (r.get("fire_hits", 0) - r.get("base_fire_hits", 0), _num(r.get("score"))),
     "lens": lambda r: (r.get("lens_hits", 0) - r.get("base_lens_hits", 0), _num(r.get("score"))),
@@ -28,7 +35,7 @@ SORTS: dict[str, Callable[[dict], tuple]] = {
     "first_diff": lambda r: (-_num(r.get("first_diff"), math.inf), _num(r.get("score"))),
     "feature": lambda r: (-r["feature"], -_num(r.get("value"), 0.0)),
 }
-"""Sort keys, larger first: ``on_target`` and ``lens`` are hits above the unsteered text's, ``first_diff``
+"""Sort keys, larger first: ``steer`` is the combined score, ``readback`` the model-internal rank, ``on_target`` and ``lens`` are hits above the unsteered text's, ``first_diff``
 puts the earliest divergence first, ``feature`` sorts by feature index."""
 
 
@@ -48,6 +55,12 @@ class Row:
     lens_tokens: list[str] = field(default_factory=list)
     fluency_drop: float | None = None
     repetition: float = 0.0
+    steer: float | None = None
+    """The combined score (``evaluation.steer_score``) the default order uses."""
+    readback: float | None = None
+    """The feature's mean activation when the unsteered model reads the text (None: not measured)."""
+    readback_rank: float | None = None
+    """Its mid-rank among the other swept features' texts at the same value (1: above all; None: no evidence)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,7 +83,27 @@ def _matches(query: str, rec: dict, facts: FactsTable | None) -> bool:
     return False
 
 
-def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | None = 50, sort: str = "score",
+def annotate(records: Iterable[dict]) -> list[dict]:
+    """The records with ``readback``, ``readback_rank``/``_p``/``_null`` (where measured) and ``steer`` added;
+    ranks are taken over all the records given, so pass every result of the sweep."""
+    recs = [dict(r) for r in records]
+    ranks = readback_ranks(recs)
+    for r in recs:
+        if r.get("readback_ids") is not None:
+            r["readback"] = own_readback(r["feature"], r["readback_ids"], r["readback_vals"])
+            r.update(ranks.get((r["feature"], float(r["value"])), {}))
+        r["steer"] = steer_score(r)
+    return recs
+
+
+def explain_feature(records: Iterable[dict], feature: int) -> list[str]:
+    """Why ``feature`` ranks where it does: one line per value (best first), from :func:`annotate`d records."""
+    mine = [r for r in records if r["feature"] == feature]
+    mine.sort(key=lambda r: (-r["steer"], -_num(r.get("score"))))
+    return [f"value {st.format_value(r['value'])}: {explain(r)}\n    {r.get('text', '')!r}" for r in mine]
+
+
+def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | None = 50, sort: str = "steer",
          query: str | None = None, all_values: bool = False) -> list[Row]:
     """The best result of each feature by ``sort`` (every result with ``all_values``), best first.
 
@@ -79,7 +112,7 @@ def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | N
     if sort not in SORTS:
         raise SaesteerError(f"unknown sort {sort!r}; use one of {', '.join(SORTS)}")
     key = SORTS[sort]
-    recs = list(records)
+    recs = [r if "steer" in r else annotate([r])[0] for r in records]
     if query:
         recs = [r for r in recs if _matches(query, r, facts)]
     if not all_values:
@@ -102,18 +135,29 @@ def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | N
         drop = r.get("fluency_drop")
         rows.append(Row(f, r["value"], float(r.get("score", 0.0)), r.get("fire_hits", 0), r.get("lens_hits", 0),
                         is_clear(r.get("fire_hits", 0), r.get("base_fire_hits", 0), drop) if drop is not None else None,
-                        r.get("text", ""), fw, lt, drop, r.get("repetition", 0.0)))
+                        r.get("text", ""), fw, lt, drop, r.get("repetition", 0.0), r.get("steer"),
+                        r.get("readback"), r.get("readback_rank")))
     return rows
 
 
 def top(directory: str | os.PathLike, **kwargs) -> list[Row]:
     """:func:`rank` over a sweep folder (with its feature facts)."""
+    return rank(annotate(load_folder_records(directory)), facts=folder_facts(directory), **kwargs)
+
+
+def load_folder_records(directory: str | os.PathLike) -> list[dict]:
+    """Every record of a sweep folder (one-line error where it is not one)."""
     directory = Path(directory)
     manifest = st.read_manifest(directory)
     if manifest is None:
         raise SaesteerError(f"{directory} is not a sweep folder (no {st.MANIFEST}); give the --out folder of saesteer sweep")
-    facts = FactsTable.load(directory / st.FACTS) if FactsTable.exists(directory / st.FACTS) else None
-    return rank(st.load_records(directory, manifest["sweep"]["values"]), facts=facts, **kwargs)
+    return st.load_records(directory, manifest["sweep"]["values"])
+
+
+def folder_facts(directory: str | os.PathLike) -> FactsTable | None:
+    """The feature facts a sweep folder holds, if any."""
+    directory = Path(directory)
+    return FactsTable.load(directory / st.FACTS) if FactsTable.exists(directory / st.FACTS) else None
 
 
 def _clip(text: str, width: int) -> str:
@@ -123,11 +167,12 @@ def _clip(text: str, width: int) -> str:
 
 def format_table(rows: Sequence[Row], *, text_width: int = 60) -> str:
     """A plain-text table: feature, value, score, hits, firing words, logit-lens tokens, text."""
-    header = ["feature", "value", "score", "hits", "firing words", "top tokens", "text"]
+    header = ["feature", "value", "steer", "score", "hits", "readback", "firing words", "top tokens", "text"]
     lines = []
     for r in rows:
         lines.append([
-            str(r.feature), st.format_value(r.value), f"{r.score:.2f}", f"{r.fire_hits}/{r.lens_hits}",
+            str(r.feature), st.format_value(r.value), "-" if r.steer is None else f"{r.steer:.2f}", f"{r.score:.2f}",
+            f"{r.fire_hits}/{r.lens_hits}", "-" if r.readback_rank is None else f"{r.readback_rank:.3f}",
             _clip(", ".join(r.firing_words[:3]), 28), _clip(" ".join(repr(t) for t in r.lens_tokens[:3]), 28),
             _clip(r.text, text_width),
         ])

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Sequence
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable, facts_key, feature_facts
+from saesteer.evaluation.readback import attach_readback
 from saesteer.evaluation.text_metrics import TextMetrics, hits, mean_logprob, text_metrics
 from saesteer.sweep import store as st
 from saesteer.sweep.spec import SweepSpec, parse_features, parse_values
@@ -56,6 +57,8 @@ class SweepResult:
         rec = {"feature": self.feature, "value": self.value, "clamp": _round(self.clamp), "tokens": self.tokens,
                "text": self.text}
         for k, v in self.metrics.to_dict().items():
+            if v is None and k.startswith("readback"):
+                continue  # not measured: the record keeps the fields it always had
             rec[k] = _round(v) if isinstance(v, float) else v
         return rec
 
@@ -124,7 +127,7 @@ class Sweep:
                  batch_size: int | None = None, shard: tuple[int, int] = (0, 1), out: str | os.PathLike | None = None,
                  facts: FactsTable | None = None, reference_text: str | os.PathLike | None = None,
                  reference_samples: int = 256, reference_length: int = 64, reference_seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, progress: bool = False):
+                 cache_dir: str | os.PathLike | None = None, progress: bool = False, readback: bool = False):
         from saesteer.steering.clamp import MODES
 
         self.steerer = steerer
@@ -147,6 +150,7 @@ class Sweep:
         self.max_new_tokens = int(max_new_tokens)
         self.mode = mode
         self.fluency = bool(fluency)
+        self.readback = bool(readback)
         self.dtype_name = self._dtype_name(dtype)
         self.batch_size = batch_size
         self.shard = (int(shard[0]), int(shard[1]))
@@ -196,7 +200,7 @@ class Sweep:
                 hook=self.hook, d_sae=self.sae.d_sae, values=self.values, prompt=self.prompt,
                 prompt_tokens=tuple(self.prompt_tokens), features=self.ranges, mode=self.mode,
                 relative=self.relative, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name,
-                fluency=self.fluency, facts_key=self.facts_key(), shard=self.shard,
+                fluency=self.fluency, facts_key=self.facts_key(), shard=self.shard, readback=self.readback,
                 info={"model": self.lm.name, "sae": self.sae.cfg.source, "device": str(self.lm.device),
                       "engine": self.steerer.engine},
             )
@@ -267,6 +271,8 @@ class Sweep:
             m = text_metrics(toks, text, base.tokens, base.text, targets, fluency=fl,
                              baseline_fluency=base.fluency, baseline_hits=base_hits)
             results.append(SweepResult(f, values[r % len(values)], rows[r][0][1], list(toks), text, m))
+        if self.readback:
+            attach_readback(results, self.lm, self.sae, self.hook, self.prompt_tokens)
         return results
 
     def _chunk_features(self) -> int:

@@ -109,12 +109,16 @@ class SweepSpec:
     facts_key: str = ""
     """Identifies the feature facts the metrics use (model, SAE, hook, reference text, settings)."""
     shard: tuple[int, int] = (0, 1)
+    readback: bool = False
+    """Whether each text's readback vector is measured (``evaluation.readback``)."""
     info: dict = field(default_factory=dict, compare=False)
     """Facts about the run that are not part of the identity (model and SAE names, device, engine...)."""
 
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("info")
+        if not self.readback:  # sweeps without it keep the identity (and fingerprint) they always had
+            d.pop("readback")
         d["values"] = list(self.values)
         d["prompt_tokens"] = list(self.prompt_tokens)
         d["features"] = [list(r) for r in self.features]
@@ -140,7 +144,8 @@ class SweepSpec:
             prompt_tokens=tuple(int(t) for t in d["prompt_tokens"]),
             features=tuple((int(a), int(b)) for a, b in d["features"]), mode=d["mode"], relative=bool(d["relative"]),
             max_new_tokens=int(d["max_new_tokens"]), dtype=d["dtype"], fluency=bool(d["fluency"]),
-            facts_key=d["facts_key"], shard=(int(d["shard"][0]), int(d["shard"][1])), info=dict(info or {}),
+            facts_key=d["facts_key"], shard=(int(d["shard"][0]), int(d["shard"][1])),
+            readback=bool(d.get("readback", False)), info=dict(info or {}),
         )
 
     def differences(self, other: "SweepSpec", *, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -111,10 +111,13 @@ def _csv(values) -> str:
 
 def _floats(text: str) -> tuple[float, ...]:
     """``"2,3,4"`` -> (2.0, 3.0, 4.0); ``""`` -> ()."""
+    from saesteer.steering.values import check_value
+
     try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise SaesteerError(f"bad value list {text!r}; write numbers separated by commas, e.g. 2,3,4") from None
+    return tuple(check_value(v, "value") for v in values)
 
 
 @click.command()

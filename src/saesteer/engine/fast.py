@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from saesteer.engine.generate import GenerationConfig, left_pad, positions_from_mask, row_generators, select_next
+from saesteer.engine.generate import GenerationConfig, check_finite, left_pad, positions_from_mask, row_generators, select_next
 from saesteer.engine.kernels import Decoder, Linear, Share, blocked, neg_inf_bias, onednn_linear_available
 from saesteer.errors import SaesteerError
 
@@ -668,6 +668,7 @@ class _Chunk:
 
         alive = torch.ones(B, dtype=torch.bool, device=device)
         for step in range(steps):
+            check_finite(h_last, step)
             gens = None if generators is None else [generators[int(r)] for r in self.row_ids.tolist()]
             nxt = _next_tokens(dec, h_last, config, gens, rescore, self.screen_stats)
             live = None if bool(alive.all()) else alive.nonzero().flatten()

@@ -92,6 +92,14 @@ def row_generators(seed: int | None, rows: int) -> list[torch.Generator]:
     return gens
 
 
+def check_finite(values: Tensor, step: int) -> None:
+    """Refuse to go on when the logits (or the last hidden states) of any row are inf/NaN: their argmax
+    would be token 0 ("!!!!!!!!!!" in GPT-2), a result that means nothing and must not be stored."""
+    if not bool(torch.isfinite(values).all()):
+        raise SaesteerError(f"the model's outputs became infinite or NaN at new token {step + 1}, usually because a"
+                            " clamp value is too large for the model's dtype; use smaller values")
+
+
 def select_next(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator] | None) -> Tensor:
     """Next token per row from ``logits [B, V]``: argmax, or a temperature/top-p sample per row."""
     if config.greedy:
@@ -160,6 +168,7 @@ def generate_ids(
             else:
                 result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
             logits = result.logits[:, -1, :]
+            check_finite(logits, step)
             gens = None if generators is None else [generators[int(r)] for r in active]
             nxt = select_next(logits, config, gens)
             for r, t in zip(active.tolist(), nxt.tolist()):

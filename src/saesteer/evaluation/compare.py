@@ -44,7 +44,6 @@ With ``n`` samples the smallest possible p is ``2 / 2^n``: p < 0.05 needs at lea
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 from saesteer.errors import SaesteerError
@@ -56,6 +55,7 @@ from saesteer.evaluation.teacher_forced import next_token_kl
 from saesteer.evaluation.text_metrics import Targets, mean_logprob, text_metrics
 from saesteer.evaluation.token_text import token_pieces
 from saesteer.steering.clamp import FeatureClamp
+from saesteer.steering.values import check_value
 
 __all__ = ["Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting", "Stat", "TESTED",
            "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
@@ -74,9 +74,7 @@ def parse_clamp_values(text: str | None) -> list[float] | None:
         except ValueError:
             raise SaesteerError(f"bad clamp value {part.strip()!r} in {text!r}; write numbers separated by"
                                 " commas, e.g. --values -20,-10,0,10,20") from None
-        if not math.isfinite(v):
-            raise SaesteerError(f"clamp values must be finite, got {part.strip()!r}")
-        out.append(v)
+        out.append(check_value(v, "clamp value"))
     return out
 
 
@@ -88,9 +86,7 @@ def parse_feature_or_clamp(text: str) -> tuple[int, float | None]:
         v = float(value) if sep else None
     except ValueError:
         raise SaesteerError(f"bad clamp {text!r}; write FEATURE=VALUE (or FEATURE with --values)") from None
-    if v is not None and not math.isfinite(v):
-        raise SaesteerError(f"clamp value for feature {f} must be finite, got {value}")
-    return f, v
+    return f, (None if v is None else check_value(v, f"clamp value for feature {f}"))
 
 
 # --------------------------------------------------------------------------- compare

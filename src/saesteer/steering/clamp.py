@@ -13,7 +13,6 @@ Clamps apply at every position the model computes: prompt positions and every KV
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE
+from saesteer.steering.values import check_value
 
 MODES = ("delta", "reconstruct")
 
@@ -36,8 +36,7 @@ class FeatureClamp:
     def __post_init__(self):
         if isinstance(self.feature, bool) or not isinstance(self.feature, int):
             raise SaesteerError(f"feature must be an integer, got {self.feature!r}")
-        if not math.isfinite(float(self.value)):
-            raise SaesteerError(f"clamp value for feature {self.feature} must be finite, got {self.value}")
+        object.__setattr__(self, "value", check_value(self.value, f"clamp value for feature {self.feature}"))
 
     def to_dict(self) -> dict:
         return {"feature": self.feature, "value": float(self.value)}

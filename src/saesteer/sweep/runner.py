@@ -254,6 +254,16 @@ class Sweep:
             return value
         return value * float(self.facts.max_activation[feature])
 
+    def _check_relative(self, features: Sequence[int]) -> None:
+        """Relative values obey the clamp value rule once multiplied by each feature's max activation."""
+        if not self.relative:
+            return
+        from saesteer.steering.values import check_value
+
+        for f in features:
+            for v in self.values:
+                check_value(self.clamp_value(f, v), f"relative value {v:g} x feature {f}'s max activation")
+
     def run_features(self, features: Sequence[int]) -> list[SweepResult]:
         """Results of ``features`` (every value of each) in one batch: the loop's unit of work."""
         values = self.values
@@ -361,6 +371,7 @@ class Sweep:
 
         spec = self.spec
         todo = spec.shard_features()
+        self._check_relative(todo)  # before the folder is opened: a refused sweep leaves nothing behind
         manifest, store = (None, None)
         if self.out is not None:
             manifest, store = self._open_folder()

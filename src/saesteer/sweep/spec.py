@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field, replace
 
 from saesteer.errors import SaesteerError
+from saesteer.steering.values import check_value
 
 SPEC_VERSION = 1
 
@@ -67,8 +67,7 @@ def parse_values(items) -> tuple[float, ...]:
                 v = float(part)
             except ValueError:
                 raise SaesteerError(f"bad --values entry {part!r}; give numbers, e.g. --values 20 or --values -20,10,20") from None
-            if not math.isfinite(v):
-                raise SaesteerError(f"--values must be finite numbers, got {part!r}")
+            v = check_value(v, "--values entry")
             if v not in out:
                 out.append(v)
     if not out:

@@ -13,12 +13,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from saesteer.steering.values import MAX_ABS_VALUE  # the one rule for clamp values (steering.values)
+
 MAX_PROMPT_CHARS = 4000
 MAX_PROMPT_TOKENS = 512
 MAX_NEW_TOKENS = 256
 MAX_CLAMPS = 16
 MAX_CURVE_VALUES = 12
-MAX_ABS_VALUE = 1e5
 MAX_QUERY_CHARS = 200
 MAX_PAGE = 200
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+import unicodedata
 from pathlib import Path
 
 
@@ -52,8 +53,28 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 
 def escape_text(text: str) -> str:
-    """One line per result: backslashes, newlines, carriage returns and tabs escaped."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    """One line per result: backslashes, newlines, carriage returns, tabs and other control characters escaped."""
+    text = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return _escape_controls(text, keep="")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters other than newline and tab (a NUL byte, an escape
+    sequence, a carriage return) are shown as ``\\xNN`` instead of acting on the terminal."""
+    return _escape_controls(text, keep="\n\t")
+
+
+def _escape_controls(text: str, keep: str) -> str:
+    if all(c.isprintable() or c in keep or c == " " for c in text):
+        return text
+    out = []
+    for c in text:
+        if c in keep or unicodedata.category(c) not in ("Cc", "Cs", "Co", "Cn"):
+            out.append(c)
+        else:
+            code = ord(c)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
+    return "".join(out)
 
 
 def default_cache_dir() -> Path:

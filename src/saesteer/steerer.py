@@ -33,6 +33,15 @@ def check_hook_override(sae: SAE, hook: str, force: bool) -> None:
                             " elsewhere: drop --hook, or pass --force-hook (force_hook=True) to use it anyway")
 
 
+def draw_seed(seed: int | None, temperature: float) -> int | None:
+    """The seed to sample with: the one given, else a fresh one from torch's generator; None when greedy."""
+    if temperature <= 0:
+        return seed
+    if seed is None:
+        return int(torch.randint(0, 2**31 - 1, ()).item())
+    return int(seed)
+
+
 @dataclass
 class Generation:
     """One generated continuation: ids and text of the prompt and of the new tokens only."""
@@ -43,6 +52,8 @@ class Generation:
     text: str
     clamps: list[FeatureClamp] = field(default_factory=list)
     mode: str = "delta"
+    seed: int | None = None
+    """The sampling seed used (drawn when none was given); None for greedy decoding."""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -144,7 +155,8 @@ class Steerer:
         with record(self.lm.model, name) as rec:
             logits = self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device)).logits
         nxt = int(logits[0, -1].argmax())
-        return ForwardResult(ids, nxt, self.lm.decode([nxt]), rec[name][0])
+        text = self.lm.continuation(ids, [nxt]) or self.lm.token_strings([nxt])[0]  # a special token: its name
+        return ForwardResult(ids, nxt, text, rec[name][0])
 
     def reconstruct(self, prompt: str, *, top_n: int = 10, prepend_bos: bool = True) -> ReconstructionReport:
         """Reconstruct the prompt's activations with the SAE and measure the quality.
@@ -177,9 +189,12 @@ class Steerer:
                       on_step=None) -> list[Generation]:
         """Generate a continuation for each prompt (``None`` = BOS alone), in one batch.
 
-        ``clamps`` are shared by every row; ``rows`` gives each row its own clamp set; ``edit`` is any
+        Sampling (``temperature > 0``) without a ``seed`` draws one from torch's random generator (so
+        ``torch.manual_seed`` fixes it and repeated calls differ); each ``Generation`` reports the seed used.
+        Generation stops at the end-of-text token unless ``stop_at_eos=False``. ``clamps`` are shared by every row; ``rows`` gives each row its own clamp set; ``edit`` is any
         function of the activation at the hook, applied before the clamps.
         """
+        seed = draw_seed(seed, temperature)
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   seed=seed, stop_at_eos=stop_at_eos)
         if rows is not None and len(rows) != len(prompts):
@@ -192,7 +207,8 @@ class Steerer:
         results = []
         for b, (prompt, p_ids, new) in enumerate(zip(prompts, ids, out)):
             row_clamps = as_clamps(rows[b]) if rows is not None else as_clamps(clamps)
-            results.append(Generation(prompt, p_ids, new, self.lm.decode(new), row_clamps, mode))
+            results.append(Generation(prompt, p_ids, new, self.lm.continuation(p_ids, new), row_clamps, mode,
+                                      seed))
         return results
 
     def generate(self, prompt: str | None = None, **kwargs) -> Generation:

@@ -6,6 +6,7 @@ import click
 
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
+from saesteer.io import printable
 from saesteer.steering.clamp import MODES, parse_clamp
 
 
@@ -30,7 +31,8 @@ def generation_options(func):
     func = click.option("--temperature", default=0.0, show_default=True, type=float,
                         help="0 = greedy (argmax); above 0 samples.")(func)
     func = click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling threshold.")(func)
-    func = click.option("--seed", default=None, type=int, help="Seed for sampling.")(func)
+    func = click.option("--seed", default=None, type=int,
+                        help="Seed for sampling (default: a fresh one, reported so the text can be reproduced).")(func)
     func = click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
                         help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z').")(func)
     return func
@@ -54,11 +56,13 @@ def generate(model, sae, hook, device, prompt, clamps, max_new_tokens, temperatu
             "model": model, "sae": sae, "hook": st.hook_name, "mode": mode, "prompt": prompt,
             "clamps": [c.to_dict() for c in parsed], "prompt_tokens": result.prompt_tokens,
             "tokens": result.tokens, "text": result.text,
-            "temperature": temperature, "top_p": top_p, "seed": seed, "max_new_tokens": max_new_tokens,
+            "temperature": temperature, "top_p": top_p, "seed": result.seed, "max_new_tokens": max_new_tokens,
         })
         return
-    shown = prompt if prompt else "<BOS>"
-    click.echo(click.style(shown, bold=True) + result.text)
+    shown = printable(prompt) if prompt else "<BOS>"
+    click.echo(click.style(shown, bold=True) + printable(result.text))
+    if temperature > 0:
+        click.echo(f"(sampled with seed {result.seed}: pass --seed {result.seed} to get this text again)", err=True)
 
 
 @click.command()
@@ -109,7 +113,8 @@ def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tok
                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
     lines = [f"{f}\t{escape_text(g.text)}" for f, g in zip(feats, results)]
     atomic_write_text(out, "\n".join(lines) + "\n")
-    click.echo(f"wrote {len(lines)} sentences to {out}")
+    sampled = f" (sampled with seed {results[0].seed})" if results and temperature > 0 else ""
+    click.echo(f"wrote {len(lines)} sentences to {out}{sampled}")
 
 
 @click.command()

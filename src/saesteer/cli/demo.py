@@ -8,7 +8,7 @@ import click
 
 from saesteer import assets
 from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE
-from saesteer.io import atomic_write_text, escape_text
+from saesteer.io import atomic_write_text, escape_text, printable
 from saesteer.steerer import Steerer
 
 
@@ -66,20 +66,20 @@ def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str | No
 
     _heading(4, "generate 10 tokens greedily")
     plain = st.generate(prompt)
-    click.echo(f"{prompt}{plain.text}")
+    click.echo(printable(f"{prompt}{plain.text}"))
 
     _heading(5, "edit the activation during generation (multiply by -10)")
     edited = st.generate(prompt, edit=lambda a: a * -10)
-    click.echo(f"{prompt}{edited.text}")
+    click.echo(printable(f"{prompt}{edited.text}"))
 
     _heading(6, f"clamp feature {feature} to {value}")
     for mode in ("delta", "reconstruct"):
         g = st.generate(prompt, clamps={feature: value}, mode=mode)
-        click.echo(f"[{mode:11s}] {prompt}{g.text}")
+        click.echo(printable(f"[{mode:11s}] {prompt}{g.text}"))
 
     _heading(7, f"generate from BOS alone with feature {feature} clamped")
-    click.echo(f"unsteered: <BOS>{st.generate(None).text}")
-    click.echo(f"steered:   <BOS>{st.generate(None, clamps={feature: value}).text}")
+    click.echo(printable(f"unsteered: <BOS>{st.generate(None).text}"))
+    click.echo(printable(f"steered:   <BOS>{st.generate(None, clamps={feature: value}).text}"))
 
     _heading(8, f"a batch of {n_batch} BOS-only rows, sampled (temperature 1, seed 0)")
     for g in st.generate_many([None] * n_batch, clamps={feature: value}, temperature=1.0, seed=0):

@@ -70,13 +70,28 @@ class LoadedModel:
             raise SaesteerError("the prompt is empty and BOS is turned off: nothing to generate from")
         return ids
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, *, skip_special: bool = False) -> str:
+        """Text of ``ids`` token by token (special tokens shown by name); for generated text use
+        :meth:`continuation`, which decodes in context and leaves special tokens out."""
         if self.tokenizer is None:
             return " ".join(str(int(i)) for i in ids)
-        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+
+    def continuation(self, prompt_ids, new_ids) -> str:
+        """Text of ``new_ids`` as the tokenizer means it after ``prompt_ids``.
+
+        Decoding the new tokens alone loses what depends on context (a SentencePiece decoder strips the
+        first token's space: "therewas"), so the whole sequence is decoded and split where the prompt's text
+        ends. Special tokens are never text.
+        """
+        whole = self.decode(list(prompt_ids) + list(new_ids), skip_special=True)
+        head = self.decode(prompt_ids, skip_special=True)
+        if whole.startswith(head):
+            return whole[len(head):]
+        return self.decode(new_ids, skip_special=True)  # the prompt ends inside a UTF-8 character: no clean split
 
     def token_strings(self, ids) -> list[str]:
-        """Each token on its own, as text (for tables and logit-lens lists)."""
+        """Each token on its own, as text (for tables and logit-lens lists; special tokens shown)."""
         return [self.decode([int(i)]) for i in ids]
 
 

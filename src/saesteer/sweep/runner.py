@@ -243,7 +243,7 @@ class Sweep:
         """The unsteered continuation (no hook at all), and its fluency when measured."""
         if self._baseline is None:
             tokens = self._generate(None, 1)[0]
-            b = Baseline(tokens, self.lm.decode(tokens))
+            b = Baseline(tokens, self.lm.continuation(self.prompt_tokens, tokens))
             if self.fluency:
                 b.fluency = self._fluency([tokens])[0]
             self._baseline = b
@@ -269,7 +269,7 @@ class Sweep:
         values = self.values
         rows = [[(f, self.clamp_value(f, v))] for f in features for v in values]
         out = self._generate(rows, len(rows))
-        texts = [self.lm.decode(t) for t in out]
+        texts = [self.lm.continuation(self.prompt_tokens, t) for t in out]
         base = self.baseline
         flu = self._fluency(out) if self.fluency else [None] * len(out)
         results = []

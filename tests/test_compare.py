@@ -262,7 +262,7 @@ def test_html_report_is_self_contained_escaped_and_has_its_plot(st, active, fact
         assert escape(c, quote=True) in page
     assert f"Feature {active}" in page and "KL(p<sub>steered</sub>" in page
     frag = cmp._repr_html_()
-    assert frag.startswith('<div class="saesteer-report">') and "data:image/png;base64," in frag
+    assert frag.startswith('<div class="saesteer-report saesteer">') and "data:image/png;base64," in frag
     json.dumps(cmp.to_dict())
     rows = cmp.table()
     assert len(rows) == 2 * 3 and rows[0]["setting"] == "unsteered" and rows[0]["kl"] == 0.0

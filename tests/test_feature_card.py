@@ -97,7 +97,7 @@ def test_steered_samples_and_rendering(st, facts, fired):
 
     top = card.contexts[0]
     assert f"<mark title=\"activation {top.activation:.3f}\">{escape(top.token)}</mark>" in page
-    assert card._repr_html_().startswith('<div class="saesteer-report">')
+    assert card._repr_html_().startswith('<div class="saesteer-report saesteer">')
     d = json.loads(json.dumps(card.to_dict()))
     c0 = d["contexts"][0]
     assert c0["before"] + c0["token"] + c0["after"] == "".join(c0["pieces"])

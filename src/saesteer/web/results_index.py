@@ -1,134 +1,42 @@
-"""Sweep results folders, indexed for the sweep browser: sorting, pagination, full-text search.
+"""Sweep results folders indexed in SQLite for the sweep browser: sorting, pagination, full-text search.
 
-A results folder holds ``manifest.json`` (what was swept), ``results.jsonl`` (one JSON object per feature
-and value: ``feature``, ``value``, ``tokens``, ``text`` and metrics such as ``score``; a nested
-``metrics`` object is read too), ``sentences.txt`` (the same texts as lines) and ``facts/`` (the feature
-facts its metrics used, a ``FactsTable``), as ``saesteer.sweep.store`` writes them. :func:`load_manifest`
-and :func:`parse_record` are the one place here that reads them: more leniently than the sweep's own
-reader (any manifest, any extra numeric field as a metric) and line by line, so that a sweep still running
-can be followed without reading its log again.
+Each folder gets one database file, ``browse.sqlite`` beside its ``results.jsonl`` (in memory when the
+folder is read-only), built from ``results.jsonl`` when missing or stale (another version of this index, or
+a log that was rewritten) and written as a whole under a temporary name. Rows are a table with one column
+per metric, texts are in an FTS5 table (word-prefix and phrase search), and each sort order gets its index
+when first asked for, so a sweep of every feature of a 1M-latent SAE (3M rows) pages instantly once built.
 
-Folders are given when the server starts and named by their position; nothing here takes a path from a
-request. A running sweep keeps appending to ``results.jsonl``: a folder is checked for changes at most
-every ``RELOAD_INTERVAL_S`` seconds, and lines appended since are read and indexed on their own; a file
-that was rewritten (a new file in its place, or shorter) is read again whole. A last line without its
-newline is left for the next look.
-
-Rows are kept as columns (``array``/numpy), texts as one list, and the word index as arrays of row numbers,
-so a sweep over every feature of a 32k-latent SAE at several values stays a few hundred MB at most.
+A running sweep keeps appending to ``results.jsonl``: a folder is checked for changes at most every
+``RELOAD_INTERVAL_S`` seconds, and lines appended since are added on their own; a file that was rewritten
+(a new file in its place, or shorter, or a different start) is indexed again whole. A last line without its
+newline is left for the next look. Folders are given when the server starts and named by their position;
+nothing here takes a path from a request.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import os
-import re
+import sqlite3
 import threading
 import time
-from array import array
-from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from saesteer.errors import SaesteerError
 from saesteer.sweep.store import FACTS, MANIFEST, RESULTS
+from saesteer.web.results_db import ResultsDB
+from saesteer.web.results_format import Row, is_results_folder, load_manifest
 
 RELOAD_INTERVAL_S = 5.0
-_CORE = ("feature", "value", "tokens", "text", "metrics")
-_WORD = re.compile(r"\w+")
-_QUERY = re.compile(r'"([^"]*)"|(\S+)')
+DB_NAME = "browse.sqlite"
 _HEAD = 1 << 16
 """Bytes at the start of results.jsonl compared to tell an append from a rewrite."""
 
-
-@dataclass
-class Row:
-    feature: int
-    value: float | None
-    text: str
-    metrics: dict[str, float | None] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"feature": self.feature, "value": self.value, "text": self.text, "metrics": self.metrics}
+__all__ = ["RELOAD_INTERVAL_S", "ResultsFolder", "ResultsIndex", "Row"]
 
 
-def _number(v) -> float | None:
-    if isinstance(v, bool):
-        return float(v)
-    if isinstance(v, (int, float)):
-        return float(v)
-    return None
-
-
-# --------------------------------------------------------------------------- the format
-def load_manifest(path: str | os.PathLike) -> dict:
-    """A results folder's ``manifest.json`` ({} when missing or unreadable)."""
-    try:
-        data = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def parse_record(line: bytes | str) -> Row | None:
-    """One line of ``results.jsonl`` as a :class:`Row`; None for a line that is not a record."""
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    feature = obj.get("feature")
-    if isinstance(feature, bool) or not isinstance(feature, int):
-        return None
-    metrics: dict[str, float | None] = {}
-    nested = obj.get("metrics")
-    for source in (obj, nested if isinstance(nested, dict) else {}):
-        for k, v in source.items():
-            if k in _CORE:
-                continue
-            num = _number(v)
-            if num is not None:
-                metrics[k] = num
-            elif v is None:  # a metric not measured for this row (e.g. fluency)
-                metrics.setdefault(k, None)
-    text = obj.get("text")
-    return Row(feature, _number(obj.get("value")), text if isinstance(text, str) else "", metrics)
-
-
-def read_results_folder(path: str | os.PathLike) -> tuple[dict, list[Row]]:
-    """The manifest and rows of a sweep results folder (lines that are not records are skipped)."""
-    path = Path(path)
-    rows = []
-    with open(path / RESULTS, "rb") as f:
-        for line in f:
-            row = parse_record(line)
-            if row is not None:
-                rows.append(row)
-    return load_manifest(path), rows
-
-
-def is_results_folder(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / RESULTS).is_file()
-
-
-def parse_query(q: str) -> tuple[list[str], list[str]]:
-    """``'cat "the dog"'`` -> (words ``['cat']``, phrases ``['the dog']``), lower-cased."""
-    words, phrases = [], []
-    for phrase, word in _QUERY.findall(q.lower()):
-        if phrase.strip():
-            phrases.append(" ".join(phrase.split()))
-        elif word:
-            words.extend(_WORD.findall(word))
-    return words, phrases
-
-
-# --------------------------------------------------------------------------- one folder
 class ResultsFolder:
-    """One results folder: its rows as columns, a word index, cached sort orders."""
+    """One results folder and its SQLite index."""
 
     def __init__(self, path: str | os.PathLike, label: str, id: int = 0):
         self.path = Path(path)
@@ -136,29 +44,12 @@ class ResultsFolder:
         self.id = id
         self._lock = threading.RLock()
         self._checked = 0.0
-        with self._lock:
-            self._reset()
-            self._read_new()
-
-    # ----------------------------------------------------------------- loading
-    def _reset(self) -> None:
         self.manifest = load_manifest(self.path)
         self._manifest_stamp = self._stamp(MANIFEST)
-        self.texts: list[str] = []
-        self._features = array("q")
-        self._values = array("d")
-        self._metrics: dict[str, array] = {}
-        self._postings: dict[str, array] = {}
-        self._offset = 0
-        self._inode = None
-        self._head = b""
-        self._changed()
+        self.db = self._open()
+        self._read_new()
 
-    def _changed(self) -> None:
-        self._cols: dict[str, np.ndarray] | None = None
-        self._vocab: list[str] | None = None
-        self._orders: dict[tuple[str, str], np.ndarray] = {}
-
+    # ----------------------------------------------------------------- the database file
     def _stamp(self, name: str):
         try:
             st = (self.path / name).stat()
@@ -166,55 +57,74 @@ class ResultsFolder:
         except OSError:
             return None
 
-    def _add(self, row: Row) -> None:
-        n = len(self.texts)
-        for k in row.metrics:
-            if k not in self._metrics:
-                self._metrics[k] = array("d", [np.nan]) * n
-        for k, col in self._metrics.items():
-            v = row.metrics.get(k)
-            col.append(np.nan if v is None else v)
-        self._features.append(row.feature)
-        self._values.append(np.nan if row.value is None else row.value)
-        self.texts.append(row.text)
-        for w in set(_WORD.findall(row.text.lower())):
-            post = self._postings.get(w)
-            if post is None:
-                post = self._postings[w] = array("q")
-            post.append(n)
+    def _log_state(self) -> tuple[int | None, int, bytes]:
+        """(inode, size, first bytes) of results.jsonl now."""
+        try:
+            with open(self.path / RESULTS, "rb") as f:
+                st = os.fstat(f.fileno())
+                return st.st_ino, st.st_size, f.read(_HEAD)
+        except OSError:
+            return None, 0, b""
 
-    def _read_new(self) -> None:
-        """Index the complete lines after ``_offset`` (or everything again if the file was rewritten)."""
+    def _fresh(self, db: ResultsDB) -> bool:
+        """The index still describes results.jsonl (it may lag behind appended lines)."""
+        inode, size, head = self._log_state()
+        offset = db.offset
+        return db.inode == inode and size >= offset and head[:min(offset, _HEAD)] == db.head
+
+    def _open(self) -> ResultsDB:
+        target = self.path / DB_NAME
+        if target.exists():
+            try:
+                db = ResultsDB.open(target)
+                if self._fresh(db):
+                    return db
+                db.close()
+            except sqlite3.DatabaseError:
+                pass
+        return self._build()
+
+    def _build(self) -> ResultsDB:
+        """Index results.jsonl from its start into a new file (renamed into place), or in memory."""
+        target = self.path / DB_NAME
+        tmp = self.path / f".{DB_NAME}.{os.getpid()}.tmp"
+        try:
+            tmp.unlink(missing_ok=True)
+            db = ResultsDB.create(tmp)
+        except (OSError, sqlite3.OperationalError):  # a read-only folder: the index lives in memory
+            db = ResultsDB.create(":memory:")
+            self._append(db)
+            return db
+        try:
+            self._append(db)
+        except BaseException:
+            db.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        db.close()
+        os.replace(tmp, target)
+        return ResultsDB.open(target)
+
+    def _append(self, db: ResultsDB) -> int:
+        """Add the complete lines after the index's offset; the number of bytes read."""
         try:
             f = open(self.path / RESULTS, "rb")
         except OSError:
-            if self.texts:
-                self._reset()
-            return
+            return 0
         with f:
             st = os.fstat(f.fileno())
-            head = f.read(min(self._offset, _HEAD)) if self._offset else b""
-            if self._offset and (st.st_ino != self._inode or st.st_size < self._offset or head != self._head):
-                self._reset()  # rewritten: read again from the start
-            if st.st_size == self._offset and st.st_ino == self._inode:
-                return
-            f.seek(self._offset)
-            added = 0
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break  # a last line without its newline waits for the next look
-                row = parse_record(line)
-                if row is not None:
-                    self._add(row)
-                added += len(line)
-            if not added:
-                return
-            self._offset += added
-            self._inode = st.st_ino
-            if len(self._head) < _HEAD:
-                f.seek(0)
-                self._head = f.read(min(self._offset, _HEAD))
-        self._changed()
+            head = f.read(_HEAD)
+            if st.st_size == db.offset and st.st_ino == db.inode:
+                return 0
+            f.seek(db.offset)
+            return db.append_lines(f, inode=st.st_ino, head=head)
+
+    def _read_new(self) -> None:
+        if self.db.offset and not self._fresh(self.db):  # rewritten: index again from the start
+            self.db.close()
+            self.db = self._build()
+            return
+        self._append(self.db)
 
     def refresh(self, force: bool = False) -> None:
         """Pick up changes of the folder (checked at most every ``RELOAD_INTERVAL_S`` unless forced)."""
@@ -228,10 +138,15 @@ class ResultsFolder:
                 self.manifest, self._manifest_stamp = load_manifest(self.path), stamp
             self._read_new()
 
-    # ----------------------------------------------------------------- columns
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+
+    # ----------------------------------------------------------------- queries
     @property
     def metrics(self) -> list[str]:
-        names = list(self._metrics)
+        """Metric names, ``score`` first, then in order of first appearance."""
+        names = self.db.metric_names()
         if "score" in names:
             names.remove("score")
             names.insert(0, "score")
@@ -240,93 +155,31 @@ class ResultsFolder:
     def sort_keys(self) -> list[str]:
         return ["feature", "value", *self.metrics]
 
-    def columns(self) -> dict[str, np.ndarray]:
-        if self._cols is None:
-            cols = {"feature": np.array(self._features, dtype=np.float64),
-                    "value": np.array(self._values, dtype=np.float64)}
-            for k, col in self._metrics.items():
-                cols[k] = np.array(col, dtype=np.float64)
-            self._cols = cols
-        return self._cols
+    def __len__(self) -> int:
+        with self._lock:
+            return self.db.count()
 
     def row(self, i: int) -> Row:
-        value = self._values[i]
-        return Row(int(self._features[i]), None if value != value else float(value), self.texts[i],
-                   {k: (None if col[i] != col[i] else float(col[i])) for k, col in self._metrics.items()})
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    # ----------------------------------------------------------------- queries
-    def _order(self, sort: str, order: str) -> np.ndarray:
-        key = (sort, order)
-        got = self._orders.get(key)
-        if got is None:
-            cols = self.columns()
-            col = cols[sort]
-            missing = np.isnan(col)
-            vals = np.where(missing, 0.0, col)
-            if order == "desc":
-                vals = -vals
-            value = np.where(np.isnan(cols["value"]), np.inf, cols["value"])
-            # missing last; then the key; ties by feature, then value (ascending)
-            got = np.lexsort((value, cols["feature"], vals, missing))
-            self._orders[key] = got
-        return got
-
-    def _word_hits(self, word: str, n: int) -> np.ndarray:
-        """Rows with a word starting with ``word``."""
-        if self._vocab is None:
-            self._vocab = sorted(self._postings)
-        lo = bisect.bisect_left(self._vocab, word)
-        hi = bisect.bisect_left(self._vocab, word + "\U0010ffff")
-        hit = np.zeros(n, dtype=bool)
-        for w in self._vocab[lo:hi]:
-            hit[np.array(self._postings[w], dtype=np.int64)] = True
-        return hit
-
-    def _match(self, q: str) -> np.ndarray | None:
-        """Boolean mask of rows matching ``q``; None for an empty query."""
-        words, phrases = parse_query(q)
-        if not words and not phrases:
-            return None
-        n = len(self.texts)
-        mask = np.ones(n, dtype=bool)
-        for w in words + [w for p in phrases for w in _WORD.findall(p)]:  # a phrase's words narrow it first
-            mask &= self._word_hits(w, n)
-        if phrases:
-            for i in np.flatnonzero(mask).tolist():
-                text = " ".join(self.texts[i].lower().split())
-                if not all(p in text for p in phrases):
-                    mask[i] = False
-        return mask
+        """The ``i``-th record of the log (0-based)."""
+        with self._lock:
+            return self.db.rows_by_id([i + 1])[0]
 
     def search(self, q: str = "", sort: str = "score", order: str = "desc", *, feature: int | None = None,
                per_feature: bool = False, offset: int = 0, limit: int = 50) -> tuple[int, list[Row]]:
-        """``(total matching, rows of the page)``. ``sort`` must be one of :meth:`sort_keys`."""
+        """``(total matching, rows of the page)``. ``sort`` must be one of :meth:`sort_keys`; rows without it
+        go last, ties by feature then value."""
         with self._lock:
             if sort not in self.sort_keys():
                 raise KeyError(sort)
-            idx = self._order(sort, order)
-            mask = self._match(q)
-            features = self.columns()["feature"]
-            if feature is not None:
-                fmask = features == feature
-                mask = fmask if mask is None else mask & fmask
-            if mask is not None:
-                idx = idx[mask[idx]]
-            if per_feature and len(idx):
-                _, first = np.unique(features[idx], return_index=True)
-                idx = idx[np.sort(first)]
-            page = idx[offset:offset + limit]
-            return int(len(idx)), [self.row(i) for i in page.tolist()]
+            return self.db.search(q, sort, order, feature=feature, per_feature=per_feature, offset=offset,
+                                  limit=limit)
 
     def feature_rows(self, feature: int) -> list[Row]:
         """Rows of one feature, best score first (by value where there is no score)."""
         with self._lock:
-            sort = "score" if "score" in self._metrics else "value"
-            idx = self._order(sort, "desc" if sort == "score" else "asc")
-            return [self.row(i) for i in idx[self.columns()["feature"][idx] == feature].tolist()]
+            sort = "score" if "score" in self.db.metric_names() else "value"
+            return self.db.search("", sort, "desc" if sort == "score" else "asc", feature=feature, offset=0,
+                                  limit=None)[1]
 
     def summary(self) -> dict:
         with self._lock:
@@ -334,9 +187,8 @@ class ResultsFolder:
             baseline = self.manifest.get("baseline")
             unsteered = baseline.get("text") if isinstance(baseline, dict) else None
             prompt = self.manifest.get("prompt")
-            return {"id": self.id, "label": self.label, "rows": len(self.texts),
-                    "features": int(len(np.unique(self.columns()["feature"]))), "metrics": self.metrics,
-                    "prompt": prompt if isinstance(prompt, str) else None,
+            return {"id": self.id, "label": self.label, "rows": self.db.count(), "features": self.db.n_features(),
+                    "metrics": self.metrics, "prompt": prompt if isinstance(prompt, str) else None,
                     "unsteered": unsteered if isinstance(unsteered, str) else None, "manifest": short}
 
     @property
@@ -369,3 +221,7 @@ class ResultsIndex:
         folder = self.folders[id]
         folder.refresh()
         return folder
+
+    def close(self) -> None:
+        for f in self.folders:
+            f.close()

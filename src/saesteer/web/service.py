@@ -20,20 +20,12 @@ from typing import Callable
 
 from saesteer.errors import SaesteerError
 from saesteer.steering.clamp import FeatureClamp
+from saesteer.web.errors import InputError
 from saesteer.web.results_index import ResultsIndex
 from saesteer.web.schemas import MAX_PROMPT_TOKENS
 
 NEURONPEDIA = "https://www.neuronpedia.org"
 LENS_TOKENS = 12
-
-
-class InputError(Exception):
-    """A request field the schema cannot check alone (it depends on the model or SAE): answered 422."""
-
-    def __init__(self, loc: tuple, msg: str):
-        super().__init__(msg)
-        self.loc = loc
-        self.msg = msg
 
 
 class _Checked:

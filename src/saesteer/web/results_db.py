@@ -1,0 +1,211 @@
+"""The SQLite database of one results folder: rows with a column per metric, an FTS5 table over the texts,
+one index per sort order asked for, and the first row of each feature per sort order, cached.
+
+``ResultsDB.create(path)`` starts an empty index, ``append_lines(file)`` adds complete ``results.jsonl`` lines
+from the file's position (one transaction, so a kill leaves the index as it was), ``search`` answers the
+sweep browser. Row ids are the records' positions in the log, from 1.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import BinaryIO
+
+from saesteer.web.results_format import Row, fts_query, parse_record
+
+VERSION = 1
+"""Bumped when the layout changes: an index of another version is built again."""
+BATCH = 20_000
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE metrics(pos INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);
+CREATE TABLE rows(id INTEGER PRIMARY KEY, feature INTEGER NOT NULL, value REAL, text TEXT NOT NULL);
+CREATE TABLE features(feature INTEGER PRIMARY KEY);
+CREATE INDEX rows_feature ON rows(feature);
+CREATE VIRTUAL TABLE rows_fts USING fts5(text, content='rows', content_rowid='id');
+"""
+
+
+def _connect(path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+class ResultsDB:
+    """An open index (one connection; the caller serialises calls)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+        if meta.get("version") != VERSION:
+            conn.close()
+            raise sqlite3.DatabaseError(f"an index of another version ({meta.get('version')})")
+        self.offset: int = meta.get("offset", 0)
+        self.inode: int | None = meta.get("inode")
+        self.head: bytes = meta.get("head", b"")
+        self._metrics: list[str] | None = None
+        self._count: int | None = None
+
+    @classmethod
+    def create(cls, path) -> "ResultsDB":
+        conn = _connect(path)
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT INTO meta VALUES ('version', ?), ('offset', 0)", (VERSION,))
+        return cls(conn)
+
+    @classmethod
+    def open(cls, path) -> "ResultsDB":
+        return cls(_connect(path))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ----------------------------------------------------------------- writing
+    def metric_names(self) -> list[str]:
+        if self._metrics is None:
+            self._metrics = [n for (n,) in self.conn.execute("SELECT name FROM metrics ORDER BY pos")]
+        return list(self._metrics)
+
+    def _add_metrics(self, names) -> None:
+        known = self.metric_names()
+        for name in names:
+            if name not in known:
+                pos = len(known)
+                self.conn.execute("INSERT INTO metrics VALUES (?, ?)", (pos, name))
+                self.conn.execute(f"ALTER TABLE rows ADD COLUMN m{pos} REAL")
+                known.append(name)
+        self._metrics = known
+
+    def _insert(self, rows: list[Row]) -> None:
+        for r in rows:
+            self._add_metrics(r.metrics)
+        names = self.metric_names()
+        cols = "".join(f", m{i}" for i in range(len(names)))
+        marks = ", ?" * len(names)
+        self.conn.executemany(f"INSERT INTO rows(feature, value, text{cols}) VALUES (?, ?, ?{marks})",
+                              [(r.feature, r.value, r.text, *(r.metrics.get(n) for n in names)) for r in rows])
+
+    def append_lines(self, f: BinaryIO, *, inode: int, head: bytes) -> int:
+        """Index the complete lines of ``f`` from ``self.offset`` on; the bytes consumed."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            first = c.execute("SELECT COALESCE(MAX(id), 0) FROM rows").fetchone()[0]
+            f.seek(self.offset)
+            read, batch = 0, []
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # a last line without its newline waits for the next look
+                read += len(line)
+                row = parse_record(line)
+                if row is not None:
+                    batch.append(row)
+                if len(batch) >= BATCH:
+                    self._insert(batch)
+                    batch = []
+            if batch:
+                self._insert(batch)
+            if read:
+                c.execute("INSERT INTO rows_fts(rowid, text) SELECT id, text FROM rows WHERE id > ?", (first,))
+                c.execute("INSERT OR IGNORE INTO features SELECT DISTINCT feature FROM rows WHERE id > ?", (first,))
+                for (name,) in c.execute("SELECT name FROM sqlite_master WHERE name LIKE 'firsts_%'").fetchall():
+                    c.execute(f"DROP TABLE {name}")
+                offset = self.offset + read
+                c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                              [("offset", offset), ("inode", inode), ("head", head[:min(offset, len(head))])])
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            self._metrics = None
+            raise
+        if read:
+            self.offset, self.inode, self.head = offset, inode, head[:min(offset, len(head))]
+            self._count = None
+        return read
+
+    # ----------------------------------------------------------------- reading
+    def count(self) -> int:
+        if self._count is None:
+            self._count = self.conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
+        return self._count
+
+    def n_features(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+
+    def _select(self) -> str:
+        return "SELECT feature, value, text" + "".join(f", m{i}" for i in range(len(self.metric_names())))
+
+    def _row(self, t) -> Row:
+        return Row(int(t[0]), t[1], t[2], dict(zip(self.metric_names(), t[3:])))
+
+    def rows_by_id(self, ids: list[int]) -> list[Row]:
+        got = {t[0]: t[1:] for t in self.conn.execute(
+            self._select().replace("SELECT", "SELECT id,", 1) + f" FROM rows WHERE id IN ({','.join('?' * len(ids))})",
+            ids)}
+        return [self._row(got[i]) for i in ids if i in got]
+
+    def _column(self, sort: str) -> str:
+        if sort in ("feature", "value"):
+            return sort
+        return f"m{self.metric_names().index(sort)}"
+
+    def _order(self, sort: str, order: str) -> tuple[str, str]:
+        """(ORDER BY terms, a name for them); the matching index is made on first use."""
+        col, d = self._column(sort), "DESC" if order == "desc" else "ASC"
+        terms = f"{col} IS NULL, {col} {d}, feature, value IS NULL, value"
+        name = f"{col}_{d.lower()}"
+        try:
+            self.conn.execute(f"CREATE INDEX IF NOT EXISTS order_{name} ON rows({terms})")
+        except sqlite3.OperationalError:  # a read-only file: sorted without the index
+            pass
+        return terms + ", id", name
+
+    def _firsts(self, terms: str, name: str) -> str | None:
+        """A table of each feature's first row in this order (made on first use, dropped on change); None
+        where the file is read-only."""
+        table = f"firsts_{name}"
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone():
+            return table
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute(f"CREATE TABLE IF NOT EXISTS {table}(id INTEGER PRIMARY KEY)")
+            self.conn.execute(f"INSERT OR IGNORE INTO {table} SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+                              f"(PARTITION BY feature ORDER BY {terms}) AS rn FROM rows) WHERE rn = 1")
+            self.conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            return None
+        return table
+
+    def search(self, q: str, sort: str, order: str, *, feature: int | None = None, per_feature: bool = False,
+               offset: int = 0, limit: int | None = 50) -> tuple[int, list[Row]]:
+        """``(total matching, rows of the page)`` in the order of ``sort`` (a column or metric name)."""
+        terms, name = self._order(sort, order)
+        where, params = [], []
+        match = fts_query(q)
+        if match is not None:
+            where.append("id IN (SELECT rowid FROM rows_fts WHERE rows_fts MATCH ?)")
+            params.append(match)
+        if feature is not None:
+            where.append("feature = ?")
+            params.append(feature)
+        firsts = self._firsts(terms, name) if per_feature and match is None else None
+        if firsts is not None:
+            where.append(f"id IN (SELECT id FROM {firsts})")
+        elif per_feature and where:
+            inner = " AND ".join(where)
+            where = [f"id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY feature ORDER BY {terms})"
+                     f" AS rn FROM rows WHERE {inner}) WHERE rn = 1)"]
+        elif per_feature:
+            where = [f"id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY feature ORDER BY {terms})"
+                     " AS rn FROM rows) WHERE rn = 1)"]
+        cond = (" WHERE " + " AND ".join(where)) if where else ""
+        if not where:
+            total = self.count()
+        else:
+            total = self.conn.execute(f"SELECT COUNT(*) FROM rows{cond}", params).fetchone()[0]
+        page = self.conn.execute(f"{self._select()} FROM rows{cond} ORDER BY {terms} LIMIT ? OFFSET ?",
+                                 [*params, -1 if limit is None else limit, offset]).fetchall()
+        return total, [self._row(t) for t in page]

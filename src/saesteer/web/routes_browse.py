@@ -1,0 +1,72 @@
+"""Endpoints that describe what is served: the model and SAE, a feature's page, the sweep browser."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from saesteer import __version__
+from saesteer.web import schemas as S
+from saesteer.web.errors import QUEUE_ERRORS, InputError
+from saesteer.web.jobs import run_job
+from saesteer.web.results_index import ResultsIndex
+from saesteer.web.routes_steering import service_of
+
+router = APIRouter()
+
+
+@router.get("/api/info", response_model=S.InfoResponse, tags=["info"])
+def info(request: Request) -> S.InfoResponse:
+    """The model, SAE and results folders being served, and the request limits."""
+    svc, worker, results = service_of(request), request.app.state.worker, request.app.state.results
+    return S.InfoResponse(
+        version=__version__, **svc.info(), modes=["delta", "reconstruct"],
+        limits=S.Limits(max_prompt_chars=S.MAX_PROMPT_CHARS, max_prompt_tokens=S.MAX_PROMPT_TOKENS,
+                        max_new_tokens=S.MAX_NEW_TOKENS, max_clamps=S.MAX_CLAMPS,
+                        max_curve_values=S.MAX_CURVE_VALUES, max_positions=svc.max_positions,
+                        queue_size=worker.queue_size, request_timeout_s=worker.timeout),
+        results=[S.ResultsInfo(**f.summary()) for f in (results.get(i) for i in range(len(results)))])
+
+
+def sweep_rows(results: ResultsIndex, feature: int) -> list[dict]:
+    """The feature's rows in every results folder that has some."""
+    out = []
+    for i in range(len(results)):
+        folder = results.get(i)
+        rows = [r.to_dict() for r in folder.feature_rows(feature)]
+        if rows:
+            out.append({"results": folder.id, "label": folder.label, "rows": rows})
+    return out
+
+
+@router.get("/api/feature/{feature}", response_model=S.FeatureResponse, tags=["features"], responses=QUEUE_ERRORS)
+async def feature(feature: Annotated[int, Path(ge=0, description="Feature index, in [0, d_sae).")],
+                  request: Request) -> S.FeatureResponse:
+    """What the feature page shows: logit-lens tokens, feature facts where a results folder has them,
+    the feature's rows in every results folder, and its Neuronpedia page for OpenAI v5 SAEs."""
+    svc = service_of(request)
+    svc.check_feature(feature, ("path", "feature"))
+    sweeps = await run_in_threadpool(sweep_rows, request.app.state.results, feature)  # off the event loop
+    out = await run_job(request, lambda job: svc.feature(feature, sweeps))
+    return S.FeatureResponse(**out)
+
+
+@router.get("/api/search", response_model=S.SearchResponse, tags=["sweeps"])
+def search(query: Annotated[S.SearchQuery, Query()], request: Request) -> S.SearchResponse:
+    """A page of one results folder's rows: full-text search over the generated texts, sorted by a
+    metric, paginated."""
+    results: ResultsIndex = request.app.state.results
+    if not query.results < len(results):
+        raise InputError(("query", "results"), f"unknown results folder {query.results}; there are"
+                                               f" {len(results)} (see /api/info)")
+    folder = results.get(query.results)
+    if query.sort not in folder.sort_keys():
+        raise InputError(("query", "sort"), f"unknown sort key {query.sort!r}; use one of"
+                                            f" {', '.join(folder.sort_keys())}")
+    total, rows = folder.search(query.q, query.sort, query.order, feature=query.feature,
+                                per_feature=query.per_feature, offset=query.offset, limit=query.limit)
+    return S.SearchResponse(results=folder.id, label=folder.label, total=total, offset=query.offset,
+                            limit=query.limit, sort=query.sort, order=query.order, metrics=folder.metrics,
+                            rows=[S.ResultRow(**r.to_dict()) for r in rows])

@@ -21,6 +21,7 @@ from _sae_files import (
 )
 from saesteer.errors import SaesteerError
 from saesteer.saes import SAE, SAEConfig, load_sae, save_sae
+from saesteer.saes import hub as hub_module
 from saesteer.saes import saelens as saelens_module
 
 
@@ -173,15 +174,17 @@ def test_saelens_old_schema_relu_with_boolean_normalisation(tmp_path):
     cfg = old_cfg(activation_fn_str="relu", activation_fn_kwargs={}, normalize_activations=False)
     sae = load_sae(write_saelens_folder(tmp_path / "a", cfg, saelens_tensors()))
     assert (sae.cfg.activation, sae.cfg.k, sae.cfg.normalize) == ("relu", None, "none")
-    cfg = old_cfg(normalize_activations=True)  # meant expected_average_only_in before 6.0
-    one_line_error(write_saelens_folder(tmp_path / "b", cfg, saelens_tensors()), "expected_average_only_in")
+    cfg = old_cfg(normalize_activations=True)  # meant expected_average_only_in before 6.0: identity once saved
+    sae = load_sae(write_saelens_folder(tmp_path / "b", cfg, saelens_tensors()))
+    assert sae.cfg.normalize == "none" and sae.cfg.extra["normalize_activations"] == "expected_average_only_in"
 
 
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"normalize_activations": "constant_norm_rescale"}, ["unsupported normalize_activations", "layer_norm"]),
-        ({"architecture": "gated"}, ["unsupported SAELens architecture", "gated"]),
+        ({"normalize_activations": "batch_norm"}, ["unsupported normalize_activations", "batch_norm", "layer_norm"]),
+        ({"architecture": "abstopk"}, ["unsupported SAELens architecture", "abstopk"]),
+        ({"architecture": "skip_transcoder"}, ["unsupported SAELens architecture", "skip_transcoder"]),
         ({"architecture": "topk"}, ["needs 'k'"]),
         ({"activation_fn_str": "tanh-relu"}, ["unsupported activation_fn", "tanh-relu"]),
         ({"dtype": "int4"}, ["unknown dtype"]),
@@ -196,7 +199,7 @@ def test_saelens_unsupported_configs_are_one_line(tmp_path, change, words):
 def test_saelens_folder_problems(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    one_line_error(empty, "not an SAELens SAE folder", "cfg.json")
+    one_line_error(empty, "not an SAE folder", "cfg.json", "params.npz", "ae.pt")
     folder = write_saelens_folder(tmp_path / "mismatch", new_cfg(d_sae=50), saelens_tensors(16, 48))
     one_line_error(folder, "W_enc", "(16, 50)")
     folder = write_saelens_folder(tmp_path / "jump", new_cfg(architecture="jumprelu"), saelens_tensors())
@@ -255,7 +258,8 @@ def test_safetensors_problems(tmp_path):
         ("openai:v5_128k/resid_delta_mlp/-1", ["bad layer '-1'"]),
         ("openai:v5_32k/6", ["openai:FAMILY/LOCATION/LAYER"]),
         ("saelens:only-a-repo", ["saelens:REPO_ID/FOLDER"]),
-        ("hf:foo/bar", ["unknown SAE spec", "openai:FAMILY/LOCATION/LAYER", "saelens:REPO_ID/FOLDER"]),
+        ("hf:foo", ["bad Hub SAE spec", "hf:REPO_ID/FOLDER"]),
+        ("ftp:foo/bar", ["unknown SAE spec", "openai:FAMILY/LOCATION/LAYER", "saelens:REPO_ID/FOLDER"]),
         ("/definitely/not/here.pt", ["no such SAE file"]),
         ("/definitely/not/here.safetensors", ["no such SAE file"]),
     ],
@@ -314,7 +318,7 @@ def test_saelens_hub_spec_downloads_cfg_and_weights(tmp_path, monkeypatch):
     folder = "v5_32k_layer_6.pt"
     write_saelens_folder(tmp_path / "repo" / folder, old_cfg(activation_fn_kwargs={"k": 32}), saelens_tensors(16, 48))
     hub = FakeHub(tmp_path / "repo", "jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs")
-    monkeypatch.setattr(saelens_module, "hf_hub_download", hub)
+    monkeypatch.setattr(hub_module, "hf_hub_download", hub)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = "saelens:jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs/" + folder
     sae = load_sae(spec, progress=False)

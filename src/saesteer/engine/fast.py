@@ -210,6 +210,8 @@ class FusedClamp:
     @staticmethod
     def can_fuse(clamp) -> bool:
         act = clamp.sae.cfg.activation
+        if clamp.mode not in ("delta", "reconstruct") or not clamp.sae.plain_maths:
+            return False  # add mode needs no encode; other SAE maths run through the clamp itself
         return act == "topk" or (clamp.mode == "delta" and act in ("relu", "jumprelu"))
 
     def select_rows(self, index: Tensor) -> "FusedClamp":

@@ -5,9 +5,15 @@ direction). Semantics follow OpenAI's reference ``Autoencoder`` where the two ag
 
 * ``layer_norm`` normalisation (OpenAI v5): ``mu = x.mean(-1)``, ``std = x.std(-1)`` (unbiased),
   ``x_n = (x - mu) / (std + 1e-5)``; decode multiplies back by ``std`` and adds ``mu`` from the *same* token.
+  ``constant_norm_rescale`` (SAELens): ``x_n = x / s`` with ``s = ||x|| / sqrt(d_in)``; decode multiplies by ``s``.
+  Both keep per-token stats ``(mu, s)`` (``mu = 0`` for the rescale) that decode must reuse.
 * encode: ``pre = (x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``, then the activation
   (``relu``; ``topk``: keep the k largest pre-activations, ReLU them; ``jumprelu``: ``pre * (pre > threshold)``).
 * decode: ``x_hat = z @ W_dec + b_dec``, then de-normalise.
+
+Families whose maths differ (gated, sparsify's groupmax and skip connection) subclass :class:`SAE` in their own
+module and say so with ``plain_maths`` False, so that code specialised to the plain maths (the fast engine)
+leaves them to the generic path.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from torch import Tensor, nn
 
 from saesteer.errors import SaesteerError
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
-NORMALIZATIONS = ("none", "layer_norm")
+ACTIVATIONS = ("relu", "topk", "jumprelu", "gated", "groupmax")
+"""Every activation some :class:`SAE` class implements (the base class: relu, topk, jumprelu)."""
+NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale")
 LN_EPS = 1e-5
 
 
@@ -31,11 +38,13 @@ class SAEConfig:
     d_in: int
     d_sae: int
     activation: str = "relu"
-    """``relu`` (OpenAI v1/v4, SAELens standard), ``topk`` (OpenAI v5) or ``jumprelu``."""
+    """``relu`` (OpenAI v1/v4, SAELens standard), ``topk`` (OpenAI v5), ``jumprelu``; ``gated`` and ``groupmax``
+    for their subclasses."""
     k: int | None = None
     """Number of active latents for ``topk``."""
     normalize: str = "none"
-    """``layer_norm`` for OpenAI v5: inputs are layer-normalised and decode uses the same stats."""
+    """``layer_norm`` for OpenAI v5: inputs are layer-normalised and decode uses the same stats;
+    ``constant_norm_rescale`` (SAELens): inputs scaled to norm sqrt(d_in), decode scales back."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` (OpenAI's ``pre_bias``) before encoding."""
     hook_name: str | None = None
@@ -52,7 +61,7 @@ class SAEConfig:
             raise SaesteerError(
                 f"unsupported SAE normalisation {self.normalize!r}; saesteer supports {NORMALIZATIONS}"
             )
-        if self.activation == "topk" and (self.k is None or not 0 < self.k <= self.d_sae):
+        if self.activation in ("topk", "groupmax") and (self.k is None or not 0 < self.k <= self.d_sae):
             raise SaesteerError(f"a TopK SAE needs 0 < k <= d_sae, got k={self.k}, d_sae={self.d_sae}")
 
     def to_dict(self) -> dict:
@@ -60,11 +69,14 @@ class SAEConfig:
 
 
 NormStats = tuple[Tensor, Tensor] | None
-"""Per-token ``(mu, std)`` of layer-norm normalisation, each ``[..., 1]``; None without normalisation."""
+"""Per-token ``(mu, std)`` of the input normalisation, each ``[..., 1]``; None without normalisation."""
 
 
 class SAE(nn.Module):
     """A sparse autoencoder: ``encode``, ``decode``, decoder directions, ``d_in``, ``d_sae``, ``hook_name``."""
+
+    activations: tuple[str, ...] = ("relu", "topk", "jumprelu")
+    """The activations this class implements; subclasses name theirs."""
 
     def __init__(
         self,
@@ -89,9 +101,13 @@ class SAE(nn.Module):
                     f"SAE weight {name} has shape {tuple(got[name].shape)}, expected {shape}; the file is"
                     " corrupt or its config does not match its weights"
                 )
+        if cfg.activation not in self.activations:
+            raise SaesteerError(f"{type(self).__name__} cannot compute activation {cfg.activation!r}")
         if cfg.activation == "jumprelu":
             if threshold is None or tuple(threshold.shape) != (cfg.d_sae,):
                 raise SaesteerError("a JumpReLU SAE needs a 'threshold' tensor of shape [d_sae]")
+            # relu(pre) * (pre > t) == pre * (pre > max(t, 0)): one formula for every library's JumpReLU
+            threshold = threshold.clamp_min(0)
         self.cfg = cfg
         self.W_enc = nn.Parameter(W_enc.detach().clone(), requires_grad=False)
         self.b_enc = nn.Parameter(b_enc.detach().clone(), requires_grad=False)
@@ -121,6 +137,12 @@ class SAE(nn.Module):
         return self.W_dec
 
     @property
+    def plain_maths(self) -> bool:
+        """True when encode/decode are exactly relu/topk/jumprelu with ``none``/``layer_norm`` inputs, the maths
+        that code specialised to it (the fast engine) implements; subclasses with other maths return False."""
+        return self.cfg.normalize in ("none", "layer_norm")
+
+    @property
     def device(self) -> torch.device:
         return self.W_enc.device
 
@@ -135,6 +157,17 @@ class SAE(nn.Module):
         self.cfg = replace(self.cfg, hook_name=hook_name)
         return self
 
+    def check_finite(self) -> "SAE":
+        """Refuse (one line) an SAE whose weights hold NaN or infinite values: it would steer to garbage."""
+        for name, param in self.named_parameters():
+            bad = int((~torch.isfinite(param)).sum())
+            if bad:
+                raise SaesteerError(
+                    f"{self.cfg.source or 'the SAE'}: weight {name} holds {bad} NaN or infinite value(s); the file"
+                    " is damaged or the SAE diverged in training: download or train it again"
+                )
+        return self
+
     def __repr__(self) -> str:
         c = self.cfg
         act = f"topk(k={c.k})" if c.activation == "topk" else c.activation
@@ -142,17 +175,20 @@ class SAE(nn.Module):
 
     # ----------------------------------------------------------------- maths
     def norm_stats(self, x: Tensor) -> NormStats:
-        """Per-token layer-norm statistics, or None if the SAE does not normalise its inputs."""
-        if self.cfg.normalize != "layer_norm":
-            return None
-        mu = x.mean(dim=-1, keepdim=True)
-        std = x.std(dim=-1, keepdim=True)
-        return mu, std
+        """Per-token normalisation statistics ``(mu, std)``, or None if the SAE does not normalise its inputs."""
+        if self.cfg.normalize == "layer_norm":
+            return x.mean(dim=-1, keepdim=True), x.std(dim=-1, keepdim=True)
+        if self.cfg.normalize == "constant_norm_rescale":
+            scale = x.norm(dim=-1, keepdim=True) / self.cfg.d_in**0.5
+            return torch.zeros_like(scale), scale
+        return None
 
     def normalize(self, x: Tensor, stats: NormStats) -> Tensor:
         if stats is None:
             return x
         mu, std = stats
+        if self.cfg.normalize == "constant_norm_rescale":
+            return x / std
         return (x - mu) / (std + LN_EPS)
 
     def denormalize(self, x_n: Tensor, stats: NormStats) -> Tensor:
@@ -160,6 +196,11 @@ class SAE(nn.Module):
             return x_n
         mu, std = stats
         return x_n * std + mu
+
+    @staticmethod
+    def output_scale(stats: NormStats) -> Tensor | None:
+        """``[..., 1]``: how decode scales a change of its latent-space output for these tokens (None: 1)."""
+        return None if stats is None else stats[1]
 
     def encode_pre_act(self, x: Tensor, stats: NormStats | str = "compute") -> Tensor:
         """Pre-activations ``[..., d_sae]`` of raw inputs ``x [..., d_in]``."""
@@ -191,7 +232,7 @@ class SAE(nn.Module):
 
     def decode(self, z: Tensor, stats: NormStats = None) -> Tensor:
         """Reconstruction ``[..., d_in]``; pass the ``stats`` of the same tokens' encode for v5 SAEs."""
-        if stats is None and self.cfg.normalize == "layer_norm":
+        if stats is None and self.cfg.normalize != "none":
             raise SaesteerError(
                 "this SAE normalises its inputs: decode needs the (mu, std) of the same tokens;"
                 " use encode_with_stats() or reconstruct()"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE, SAEConfig
 from saesteer.io import default_cache_dir
 from saesteer.saes.download import download_file
+from saesteer.saes.tensors import read_state_dict
 
 DEFAULT_BASE_URL = "https://openaipublic.blob.core.windows.net/sparse-autoencoder/gpt2-small/"
 BASE_URL_ENV = "SAESTEER_OPENAI_BASE_URL"
@@ -148,35 +148,6 @@ def spec_from_path(path: str | os.PathLike) -> OpenAISpec | None:
         return parse_spec(f"{family}/{match['location']}/{match['layer']}")
     except SaesteerError:
         return None
-
-
-def read_state_dict(path: str | os.PathLike) -> dict:
-    """``torch.load(path, weights_only=True, map_location="cpu")``, with one-line errors and refusals."""
-    path = Path(path)
-    if not path.is_file():
-        raise SaesteerError(f"no such SAE file: {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then rejects anyway
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on bad files
-        text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise SaesteerError(
-                f"refusing to load {path}: it needs arbitrary unpickling ({found.group(1)}), which could run"
-                " code; saesteer loads only plain state dicts (torch.load weights_only=True); re-save its"
-                " state_dict() with torch.save, or convert it to safetensors"
-            ) from None
-        reason = re.search(r"Unsupported operand \d+", text)
-        reason = reason.group(0) if reason else type(exc).__name__
-        raise SaesteerError(
-            f"could not read {path} as a PyTorch state dict with torch.load(weights_only=True) ({reason});"
-            " it is corrupt or not a plain state dict: download it again, or re-save it with torch.save"
-        ) from None
-    if not isinstance(obj, dict):
-        raise SaesteerError(f"{path} holds a {type(obj).__name__}, not an SAE state dict")
-    return obj
 
 
 OPENAI_KEYS = ("encoder.weight", "latent_bias", "decoder.weight", "pre_bias")

@@ -10,56 +10,38 @@ Weights: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.io import atomic_path, atomic_write_json
 from saesteer.saes.base import SAE, SAEConfig
-from saesteer.saes.download import is_offline
+from saesteer.saes.gated import GatedSAE
+from saesteer.saes.hub import hub_file
+from saesteer.saes.tensors import dtype_name, parse_sae_dtype, read_safetensors
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
 HUB_SPEC_FORM = "saelens:REPO_ID/FOLDER, e.g. saelens:jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs/v5_32k_layer_6.pt"
 
-DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "double": torch.float64,
+ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+"""SAELens architecture -> :class:`SAEConfig` activation (SAELens saves batchtopk SAEs as jumprelu)."""
+NORMALIZATIONS = {
+    "none": "none",
+    "layer_norm": "layer_norm",
+    "constant_norm_rescale": "constant_norm_rescale",
+    "expected_average_only_in": "none",  # folded by SAELens when it saves; a release's factor is folded on load
+    "covariance_whitening": "none",  # folded into the weights before saving
 }
-ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
-"""SAELens architecture -> :class:`SAEConfig` activation."""
+"""SAELens ``normalize_activations`` -> what acts at run time on a saved SAE."""
 _SAELENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
-
-
-# ------------------------------------------------------------------ dtypes
-def parse_sae_dtype(value: str | torch.dtype) -> torch.dtype:
-    """``torch.float32`` / ``"float32"`` / ``"torch.bfloat16"`` -> a floating torch dtype, or a one-line error."""
-    if isinstance(value, torch.dtype):
-        if not value.is_floating_point:
-            raise SaesteerError(f"SAE dtype must be a floating type, got {value}")
-        return value
-    name = str(value).strip().lower().removeprefix("torch.")
-    if name not in DTYPES:
-        raise SaesteerError(f"unknown dtype {value!r}; use one of float32, float16, bfloat16, float64")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"`` (the spelling SAELens writes)."""
-    return str(dtype).removeprefix("torch.")
+_GATED_KEYS = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
 
 
 # ------------------------------------------------------------------ config
@@ -78,23 +60,7 @@ def config_from_dict(cfg: dict, *, source: str) -> tuple[SAEConfig, torch.dtype]
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int):
             raise SaesteerError(f"{source}: cfg.json needs an integer {key!r}")
-    act_fn = pick("activation_fn_str", "activation_fn")
-    fn_kwargs = cfg.get("activation_fn_kwargs") or {}
-    architecture = str(cfg.get("architecture") or "standard").lower()
-    if architecture == "standard" and act_fn == "topk":
-        architecture = "topk"  # pre-6.0 schema: TopK was an activation of the standard architecture
-    if architecture not in ARCHITECTURES:
-        raise SaesteerError(
-            f"{source}: unsupported SAELens architecture {architecture!r}; saesteer supports"
-            f" {', '.join(ARCHITECTURES)}"
-        )
-    if architecture == "standard" and act_fn not in (None, "relu"):
-        raise SaesteerError(f"{source}: unsupported activation_fn {act_fn!r}; saesteer supports relu and topk")
-    k = (cfg["k"] if cfg.get("k") is not None else fn_kwargs.get("k")) if architecture == "topk" else None
-    if architecture == "topk" and k is None:
-        raise SaesteerError(f"{source}: a topk SAE needs 'k' (or activation_fn_kwargs.k) in cfg.json")
-    if cfg.get("rescale_acts_by_decoder_norm"):
-        raise SaesteerError(f"{source}: rescale_acts_by_decoder_norm=true is not supported by saesteer")
+    architecture, k = _architecture(cfg, pick("activation_fn_str", "activation_fn"), source)
     if cfg.get("finetuning_scaling_factor"):
         raise SaesteerError(f"{source}: finetuning_scaling_factor=true is not supported by saesteer")
     normalize = cfg.get("normalize_activations")
@@ -102,29 +68,52 @@ def config_from_dict(cfg: dict, *, source: str) -> tuple[SAEConfig, torch.dtype]
         normalize = "none"
     elif normalize is True:  # pre-6.0 spelling of expected_average_only_in
         normalize = "expected_average_only_in"
-    if normalize not in ("none", "layer_norm"):
+    if normalize not in NORMALIZATIONS:
         raise SaesteerError(
-            f"{source}: unsupported normalize_activations {normalize!r}; saesteer supports none and"
-            " layer_norm (fold scaling factors into the weights first)"
+            f"{source}: unsupported normalize_activations {normalize!r}; saesteer supports"
+            f" {', '.join(NORMALIZATIONS)}"
         )
-    extra = {"format": "saelens", "architecture": architecture}
+    extra = {"format": "saelens", "architecture": architecture, "normalize_activations": normalize}
     for key in ("model_name", "neuronpedia_id", "hook_head_index", "context_size", "prepend_bos"):
         if pick(key) is not None:
             extra[key] = pick(key)
     if cfg.get("reshape_activations") not in (None, "none"):
         extra["reshape_activations"] = cfg["reshape_activations"]
+    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
+        extra["rescale_acts_by_decoder_norm"] = True  # folded into the weights by build_sae
     config = SAEConfig(
         d_in=cfg["d_in"],
         d_sae=cfg["d_sae"],
         activation=ARCHITECTURES[architecture],
         k=int(k) if k is not None else None,
-        normalize=normalize,
+        normalize=NORMALIZATIONS[normalize],
         apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)),
         hook_name=pick("hook_name", "hook_point"),
         source=source,
         extra=extra,
     )
     return config, parse_sae_dtype(cfg.get("dtype") or "float32")
+
+
+def _architecture(cfg: dict, act_fn, source: str) -> tuple[str, int | None]:
+    """(SAELens architecture, k) of a config of either schema, or a one-line refusal naming what is unsupported."""
+    fn_kwargs = cfg.get("activation_fn_kwargs") or {}
+    architecture = str(cfg.get("architecture") or "standard").lower()
+    if architecture == "standard" and act_fn == "topk":
+        architecture = "topk"  # pre-6.0 schema: TopK was an activation of the standard architecture
+    if architecture not in ARCHITECTURES:
+        raise SaesteerError(
+            f"{source}: unsupported SAELens architecture {architecture!r}; saesteer supports"
+            f" {', '.join(ARCHITECTURES)} (and batchtopk as SAELens saves it, i.e. jumprelu)"
+        )
+    if architecture == "standard" and act_fn not in (None, "relu"):
+        raise SaesteerError(f"{source}: unsupported activation_fn {act_fn!r}; saesteer supports relu and topk")
+    if architecture != "topk":
+        return architecture, None
+    k = cfg["k"] if cfg.get("k") is not None else fn_kwargs.get("k")
+    if k is None:
+        raise SaesteerError(f"{source}: a topk SAE needs 'k' (or activation_fn_kwargs.k) in cfg.json")
+    return architecture, k
 
 
 def config_to_dict(sae: SAE) -> dict:
@@ -149,27 +138,20 @@ def config_to_dict(sae: SAE) -> dict:
 
 
 # ------------------------------------------------------------------ weights
-def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """All tensors of a ``.safetensors`` file (on CPU) and its string metadata."""
-    if not path.is_file():
-        raise SaesteerError(f"no such SAE weights file: {path}")
-    try:
-        tensors = load_file(path, device="cpu")
-        with safe_open(path, framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SaesteerError(f"could not read {path} as safetensors ({exc}); the file is corrupt") from None
-    return tensors, metadata
-
-
 def build_sae(config: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype) -> SAE:
     """SAELens-keyed tensors -> :class:`SAE` in ``dtype``; JumpReLU takes ``threshold`` or ``log_threshold``."""
-    missing = [key for key in _SAELENS_KEYS if key not in tensors]
+    keys = _GATED_KEYS if config.activation == "gated" else _SAELENS_KEYS
+    missing = [key for key in keys if key not in tensors]
     if missing:
         raise SaesteerError(f"{config.source}: SAELens weights are missing {', '.join(missing)}")
     scale = tensors.get("scaling_factor")
     if scale is not None and not torch.all(scale == 1):
         raise SaesteerError(f"{config.source}: a non-trivial scaling_factor is not supported by saesteer")
+    t = {key: tensors[key].to(dtype) for key in keys}
+    if config.extra.get("rescale_acts_by_decoder_norm"):
+        t = fold_decoder_norm(t)
+    if config.activation == "gated":
+        return GatedSAE(config, t["W_enc"], t["b_gate"], t["W_dec"], t["b_dec"], b_mag=t["b_mag"], r_mag=t["r_mag"])
     threshold = None
     if config.activation == "jumprelu":
         if "threshold" in tensors:
@@ -179,8 +161,26 @@ def build_sae(config: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype)
         else:
             raise SaesteerError(f"{config.source}: a jumprelu SAE needs a 'threshold' tensor")
         threshold = threshold.to(dtype)
-    W_enc, b_enc, W_dec, b_dec = (tensors[key].to(dtype) for key in _SAELENS_KEYS)
-    return SAE(config, W_enc, b_enc, W_dec, b_dec, threshold=threshold)
+    return SAE(config, t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"], threshold=threshold)
+
+
+def fold_decoder_norm(t: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAELens TopK with ``rescale_acts_by_decoder_norm``: encode ranks ``pre * ||W_dec[j]||`` and decode divides
+    by the norm again. Scaling encoder column j and ``b_enc[j]`` by the norm and decoder row j by its inverse
+    gives the same latents and outputs with the plain TopK maths (SAELens's own ``fold_W_dec_norm``)."""
+    norms = t["W_dec"].norm(dim=-1)
+    return {**t, "W_enc": t["W_enc"] * norms, "b_enc": t["b_enc"] * norms, "W_dec": t["W_dec"] / norms[:, None]}
+
+
+def fold_norm_scaling_factor(sae: SAE, factor: float) -> SAE:
+    """A release's ``norm_scaling_factor`` s for ``expected_average_only_in`` SAEs, folded as SAELens does:
+    ``W_enc *= s``, ``W_dec /= s``, ``b_dec /= s`` (the SAE then takes raw activations)."""
+    with torch.no_grad():
+        sae.W_enc.mul_(factor)
+        sae.W_dec.div_(factor)
+        sae.b_dec.div_(factor)
+    sae.cfg.extra["norm_scaling_factor"] = factor
+    return sae
 
 
 # ------------------------------------------------------------------ loaders
@@ -221,7 +221,7 @@ def load_safetensors_file(path: str | os.PathLike, *, source: str | None = None)
     Metadata keys read: ``architecture`` or ``activation`` (relu/standard, topk, jumprelu), ``k``,
     ``hook_name``, ``normalize_activations``, ``apply_b_dec_to_input``.
     """
-    from saesteer.saes import openai
+    from saesteer.saes import gemmascope, openai
 
     path = Path(path)
     source = source or str(path)
@@ -233,6 +233,8 @@ def load_safetensors_file(path: str | os.PathLike, *, source: str | None = None)
         cfg = _cfg_from_metadata(metadata, tensors["W_enc"], source, openai_keys=False)
         config, dtype = config_from_dict(cfg, source=source)
         return build_sae(config, tensors, dtype)
+    if gemmascope.is_gemmascope_tensors(tensors):
+        return gemmascope.load_params_file(path, source=source)
     if openai.is_openai_state_dict(tensors):
         cfg = _cfg_from_metadata(metadata, tensors["decoder.weight"], source, openai_keys=True)
         config, _ = config_from_dict(cfg, source=source)
@@ -290,66 +292,20 @@ def parse_hub_spec(spec: str) -> tuple[str, str]:
 
 
 def load_saelens_hub(spec: str, *, progress: bool = True) -> SAE:
-    """``saelens:REPO_ID/FOLDER``: fetch ``FOLDER/cfg.json`` and ``FOLDER/sae_weights.safetensors`` with
-    ``huggingface_hub.hf_hub_download`` (into the Hub's own cache), then load them."""
+    """``saelens:REPO_ID/FOLDER``: fetch ``FOLDER/cfg.json`` and ``FOLDER/sae_weights.safetensors`` from the Hub
+    (into the Hub's own cache), then load them."""
     repo_id, folder = parse_hub_spec(spec)
-    cfg_path = _hub_download(repo_id, f"{folder}/{CFG_FILENAME}", progress)
-    weights_path = _hub_download(repo_id, f"{folder}/{WEIGHTS_FILENAME}", progress)
-    sae = load_saelens_files(cfg_path, weights_path, source=spec)
+    return load_saelens_repo_folder(repo_id, folder, source=spec, progress=progress)
+
+
+def load_saelens_repo_folder(repo_id: str, folder: str, *, source: str, progress: bool = True) -> SAE:
+    """The SAELens folder ``folder`` of Hub repo ``repo_id``."""
+    prefix = f"{folder}/" if folder else ""
+    cfg_path = hub_file(repo_id, f"{prefix}{CFG_FILENAME}", progress=progress)
+    weights_path = hub_file(repo_id, f"{prefix}{WEIGHTS_FILENAME}", progress=progress)
+    sae = load_saelens_files(cfg_path, weights_path, source=source)
     sae.cfg.extra.update({"repo_id": repo_id, "folder": folder, "path": str(Path(weights_path).parent)})
     return sae
-
-
-def hf_hub_download(*args, **kwargs):
-    """``huggingface_hub.hf_hub_download``, imported on first use (tests replace this name)."""
-    from huggingface_hub import hf_hub_download as download
-
-    if "tqdm_class" in kwargs and "tqdm_class" not in inspect.signature(download).parameters:
-        kwargs.pop("tqdm_class")
-    return download(*args, **kwargs)
-
-
-def _hub_download(repo_id: str, filename: str, progress: bool) -> str:
-    """One file from the Hub, with every failure turned into a one-line error that says how to fix it."""
-    from huggingface_hub import errors
-
-    kwargs = {"local_files_only": is_offline()}
-    if not progress:
-        kwargs["tqdm_class"] = _silent_tqdm_class()
-    folder = Path(filename).parent.name or repo_id.split("/")[-1]
-    fix = f"download the folder elsewhere and pass its local path, e.g. --sae /path/to/{folder}"
-    try:
-        return hf_hub_download(repo_id, filename, **kwargs)
-    except errors.LocalEntryNotFoundError:
-        raise SaesteerError(
-            f"could not download {filename} from Hugging Face repo {repo_id} (offline, or no network?);"
-            f" {fix}"
-        ) from None
-    except errors.RepositoryNotFoundError:
-        raise SaesteerError(
-            f"Hugging Face repo {repo_id} was not found (or is private/gated); check the spec, or {fix}"
-        ) from None
-    except errors.EntryNotFoundError:
-        raise SaesteerError(
-            f"Hugging Face repo {repo_id} has no file {filename}; check the folder name in the spec"
-        ) from None
-    except Exception as exc:  # network stacks raise many types; the user needs one line either way
-        raise SaesteerError(
-            f"could not download {filename} from Hugging Face repo {repo_id} ({type(exc).__name__};"
-            f" no network?); {fix}"
-        ) from None
-
-
-def _silent_tqdm_class():
-    """A tqdm class with the bar turned off, for ``progress=False``."""
-    from tqdm.auto import tqdm
-
-    class Silent(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    return Silent
 
 
 # ------------------------------------------------------------------ writing
@@ -363,9 +319,7 @@ def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise SaesteerError(f"cannot save the SAE to {directory}: it exists and is not a folder")
-    tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if sae.threshold is not None:
-        tensors["threshold"] = sae.threshold
+    tensors = weights_to_save(sae)
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     cfg = config_to_dict(sae)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -387,6 +341,22 @@ def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
             staging.rmdir()
         raise
     return directory
+
+
+def weights_to_save(sae: SAE) -> dict[str, Tensor]:
+    """SAELens's tensor names for ``sae``; SAEs whose maths SAELens folders cannot express are refused."""
+    if isinstance(sae, GatedSAE):
+        return {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "b_mag": sae.b_mag, "r_mag": sae.r_mag,
+                "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if type(sae) is not SAE:
+        raise SaesteerError(
+            f"cannot save this {sae.cfg.activation} SAE ({type(sae).__name__}) as an SAELens folder: SAELens has"
+            " no equivalent architecture; keep its original files"
+        )
+    tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    if sae.threshold is not None:
+        tensors["threshold"] = sae.threshold
+    return tensors
 
 
 def _write_weights(tensors: dict[str, Tensor], path: Path) -> None:

@@ -1,12 +1,15 @@
 """Clamping SAE features inside a hook: the maths, for one feature, several, or a different set per row.
 
-Two modes:
+Three modes:
 
 * ``delta`` (default): ``x' = x + decode(z') - decode(z)``. Only the clamped latents differ between ``z'``
   and ``z``, so this is ``x + sum_j (v_j - z_j) W_dec[j]`` (times the token's ``std`` for layer-normalised
   SAEs). The SAE's error term is kept, and a latent clamped to its own value leaves ``x`` exactly unchanged.
 * ``reconstruct``: ``x' = decode(z')``, replacing the activation by the edited reconstruction (the
   practical session's method; it loses the SAE's error and changes even rows with nothing clamped).
+* ``add`` (Neuronpedia's default steering): ``x' = x + v * (decode(z + e_f) - decode(z))``, i.e. ``v`` times
+  feature f's decoder direction in the activation's own units (times the token's ``std`` for SAEs that
+  normalise their input), whatever the feature's current activation. ``v`` is a strength, not a target value.
 
 Clamps apply at every position the model computes: prompt positions and every KV-cached step.
 """
@@ -23,7 +26,7 @@ from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE
 from saesteer.steering.values import check_value
 
-MODES = ("delta", "reconstruct")
+MODES = ("delta", "reconstruct", "add")
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,16 @@ class SAEClamp:
                 f"per-row clamps were given for {self.idx.shape[0]} rows but the batch has {batch} rows"
             )
         x = act.to(sae.dtype)
-        z, stats = sae.encode_with_stats(x)
         idx = self.idx.expand(batch, -1)  # [B, m]
         val = self.val.expand(batch, -1)
         mask = self.mask.expand(batch, -1)
+        directions = sae.W_dec[idx]  # [B, m, d]
+        if self.mode == "add":
+            coef = torch.where(mask, val, torch.zeros_like(val))  # [B, m]
+            delta = (coef[:, :, None] * directions).sum(dim=1)[:, None, :]  # [B, 1, d]
+            scale = sae.output_scale(sae.norm_stats(x))
+            return (x + (delta if scale is None else delta * scale)).to(act.dtype)
+        z, stats = sae.encode_with_stats(x)
         gather_idx = idx[:, None, :].expand(-1, x.shape[1], -1)  # [B, T, m]
         if self.mode == "reconstruct":
             current = z.gather(-1, gather_idx)
@@ -136,8 +145,6 @@ class SAEClamp:
             return sae.decode(z, stats).to(act.dtype)
         current = z.gather(-1, gather_idx)  # [B, T, m]
         coef = torch.where(mask[:, None, :], val[:, None, :] - current, torch.zeros_like(current))
-        directions = sae.W_dec[idx]  # [B, m, d]
         delta = torch.bmm(coef, directions)  # [B, T, d]
-        if stats is not None:
-            delta = delta * stats[1]
-        return (x + delta).to(act.dtype)
+        scale = sae.output_scale(stats)
+        return (x + (delta if scale is None else delta * scale)).to(act.dtype)

@@ -31,7 +31,7 @@ def _config(family: str, **overrides):
         "mistral": (tf.MistralConfig, dict(untied, sliding_window=4)),
         "qwen2": (tf.Qwen2Config, untied),
         "qwen3": (tf.Qwen3Config, dict(untied, head_dim=8)),
-        "gemma": (tf.GemmaConfig, dict(num_key_value_heads=1, head_dim=8)),
+        "gemma": (tf.GemmaConfig, dict(untied, num_key_value_heads=1, head_dim=8)),  # tied: repeats its input
         "gemma2": (tf.Gemma2Config, dict(gemma2, attn_logit_softcapping=1.5, final_logit_softcapping=10.0)),
         "gemma3": (tf.Gemma3TextConfig, dict(gemma2, sliding_window_pattern=2, rope_parameters={
             "full_attention": dict(rope, rope_theta=1e6), "sliding_attention": rope})),

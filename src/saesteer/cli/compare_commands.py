@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from saesteer.cli.paths import OutputFile
 from saesteer.cli.core_commands import generation_options
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
@@ -51,9 +52,9 @@ def _png_path(out: str, plot: str | None) -> str:
 @click.option("--no-bos", is_flag=True, help="Do not put the BOS token in front of the prompt.")
 @reference_options
 @click.option("--no-facts", is_flag=True, help="Skip feature facts: no on-target hits, no feature cards.")
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False),
+@click.option("--out", "out", default=None, type=OutputFile(),
               help="Write a self-contained HTML report (and its plot as PNG beside it).")
-@click.option("--plot", "plot", default=None, type=click.Path(dir_okay=False),
+@click.option("--plot", "plot", default=None, type=OutputFile(),
               help="Where to save the plot PNG (default: the report's name with .png).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max_new_tokens, temperature, top_p, seed,
@@ -120,7 +121,7 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
               help="Tokens and words listed per row.")
 @click.option("--contexts", "n_contexts", default=8, show_default=True, type=click.IntRange(0, 32),
               help="Contexts where the feature is most active.")
-@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="Also write the card as HTML.")
+@click.option("--out", "out", default=None, type=OutputFile(), help="Also write the card as HTML.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def feature(model, sae, hook, device, feature, values_text, prompt, max_new_tokens, mode, text_file,
             reference_samples, reference_length, top_n, n_contexts, out, as_json):

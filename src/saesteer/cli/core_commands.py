@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from saesteer.cli.paths import OutputFile
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
 from saesteer.io import printable
@@ -96,7 +97,7 @@ def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
 @click.option("--prompt", default=None, help="Prompt for every row (default: BOS alone).")
 @generation_options
 @click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20), help="Rows per forward (default: chosen from memory).")
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Output .txt: FEATURE<TAB>TEXT per line.")
+@click.option("--out", "out", required=True, type=OutputFile(), help="Output .txt: FEATURE<TAB>TEXT per line.")
 def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tokens, temperature, top_p, seed, mode,
           batch_size, out):
     """One row per feature, each clamped to VALUE, from BOS (or a prompt); save one line per feature."""
@@ -123,7 +124,7 @@ def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tok
 @click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value in the steering steps.")
 @click.option("--prompt", default=None,
               help="Prompt of the session (default: 'Happiness is'; 'Once upon a time' on stories260K).")
-@click.option("--out", "out", default="demo_sentences.txt", show_default=True, type=click.Path(dir_okay=False),
+@click.option("--out", "out", default="demo_sentences.txt", show_default=True, type=OutputFile(),
               help="Where step 9 saves its sentences.")
 def demo(model, sae, hook, device, feature, value, prompt, out):
     """Walk through the practical session, step by step."""

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from saesteer.cli.paths import OutputFolder
 from saesteer.cli.options import build_steerer, model_options
 from saesteer.steering.clamp import MODES
 
@@ -36,7 +37,7 @@ from saesteer.steering.clamp import MODES
               help="Sequences the model samples as reference text (without --reference-text).")
 @click.option("--reference-length", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="Tokens per reference sequence.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the results (resumable).")
+@click.option("--out", required=True, type=OutputFolder(), help="Folder for the results (resumable).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run on Ray workers: --ray alone starts a local Ray instance; --ray auto or --ray ray://HOST:10001"
@@ -95,7 +96,7 @@ def sweep(model, sae, hook, device, features, values, relative, prompt, max_new_
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="New folder for the merged sweep.")
+@click.option("--out", required=True, type=OutputFolder(), help="New folder for the merged sweep.")
 def merge(folders, out):
     """Join the shard folders of one sweep (saesteer sweep --shard I/N) into one folder."""
     from saesteer.sweep.merge import merge as merge_fn

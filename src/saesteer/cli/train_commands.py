@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from saesteer.cli.paths import OutputFolder
 from saesteer.errors import SaesteerError
 from saesteer.validation import ValidationConfig
 
@@ -47,18 +48,21 @@ def _held_out(acts, n: int):
                    "0 measures on the training tokens.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling, initialisation and order.")
 @click.option("--device", default="cpu", show_default=True, help="Device the model runs on to collect activations.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the SAE (SAELens format).")
+@click.option("--out", required=True, type=OutputFolder(),
+              help="Folder for the SAE (SAELens format): new or empty, or an SAE folder with --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the SAE already at --out (the whole folder, swapped in once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separator, seq_len, temperature, epochs,
-              batch_size, lr, eval_tokens, seed, device, out, quiet):
+              batch_size, lr, eval_tokens, seed, device, out, overwrite, quiet):
     """Train a TopK SAE (OpenAI v5 recipe) on MODEL's activations at HOOK and save it to OUT.
 
-    The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights.
+    The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights. OUT is checked
+    before any work; an existing SAE there is replaced only with --overwrite, and as a whole.
     """
-    from saesteer.io import atomic_write_json
     from saesteer.models.loading import load_model
-    from saesteer.saes import load_sae, save_sae
     from saesteer.training import file_activations, sample_activations, train_topk_sae
+    from saesteer.training.output import check_sae_folder, save_trained_sae
 
     if text_file and self_generate:
         raise click.UsageError("give --text FILE or --self-generate, not both")
@@ -66,6 +70,7 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
         raise click.UsageError("--separator goes with --text")
     if k > latents:
         raise SaesteerError(f"--k {k} is larger than --latents {latents}")
+    check_sae_folder(out, overwrite=overwrite)
     progress = not quiet
     started = time.perf_counter()
     lm = load_model(model, device=device)
@@ -85,8 +90,6 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
     sae, stats = train_topk_sae(acts, d_sae=latents, k=k, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                 hook_name=hook, eval_acts=held, progress=progress)
     sae.cfg.extra["model_name"] = lm.name
-    folder = save_sae(sae, out)
-    load_sae(str(folder))  # what the other commands will do; fails here, not later, if the folder is unreadable
     info = {
         "model": lm.name, "hook": hook, "latents": latents, "k": k, "tokens": int(acts.shape[0]),
         "source": source, "seq_len": seq_len, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
@@ -95,7 +98,7 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
         "eval": "held-out" if held is not None else "training tokens",
         "collect_seconds": round(collected - started, 2), "train_seconds": round(stats.seconds, 2),
     }
-    atomic_write_json(Path(folder) / "training.json", info)
+    folder = save_trained_sae(sae, info, out, overwrite=overwrite)
     click.echo(f"saved {latents} latents (k={k}) at {hook} to {folder}: variance explained "
                f"{stats.variance_explained:.4f}, L0 {stats.l0:.1f}, dead {100 * stats.dead_fraction:.2f}% "
                f"({info['eval']}, {stats.eval_tokens} tokens); {acts.shape[0]} tokens, "
@@ -141,7 +144,7 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--reference-temperature", default=_V.reference_temperature, show_default=True,
               type=click.FloatRange(0, min_open=True))
 @click.option("--features", default=None, type=click.IntRange(1, 1 << 24), help="Sweep only the first N features.")
-@click.option("--out", default="validation", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", default="validation", show_default=True, type=OutputFolder(),
               help="Folder for report.html, report.json, features.jsonl, the SAE and its facts.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json's summary numbers as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress output.")

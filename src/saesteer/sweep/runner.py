@@ -156,6 +156,10 @@ class Sweep:
         self.shard = (int(shard[0]), int(shard[1]))
         if not 0 <= self.shard[0] < self.shard[1]:
             raise SaesteerError(f"shard {self.shard} must be (I, N) with 0 <= I < N")
+        if out is not None:
+            from saesteer.outputs import check_output_folder
+
+            check_output_folder(out, "the sweep folder")  # before any work
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self._facts = facts

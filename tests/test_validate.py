@@ -133,3 +133,62 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert run(["validate", "--model", str(tmp_path), "--values", "2,x", "--quiet", "--out", str(tmp_path / "o")]) == 2
     assert "bad value list" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- permutation nulls
+def test_rank_matrix_agrees_with_the_readback_ranks_of_top():
+    import torch
+
+    from saesteer.evaluation.readback import readback_ranks
+    from saesteer.validation.nulls import rank_matrix
+
+    gen = torch.Generator().manual_seed(0)
+    n = 12
+    dense = (torch.rand(n, n, generator=gen) * 4).floor() * (torch.rand(n, n, generator=gen) < 0.4)  # ties, zeros
+    changed = torch.rand(n, generator=gen) < 0.8
+    recs = []
+    for f in range(n):
+        ids = torch.nonzero(dense[f] > 0).flatten().tolist()
+        recs.append({"feature": f, "value": 1.0, "differs": bool(changed[f]), "readback_ids": ids,
+                     "readback_vals": dense[f, ids].tolist()})
+    ranks = readback_ranks(recs)
+    R = rank_matrix(dense, changed)
+    for f in range(n):
+        want = ranks[(f, 1.0)]["readback_rank"]
+        assert (want is None and R[f, f] == -1) or abs(float(R[f, f]) - want) < 1e-6
+
+
+def test_null_counts_tell_own_words_from_chance():
+    import torch
+
+    from saesteer.validation.nulls import Group, hits_matrix, null_counts
+
+    n = 40
+    name = [f"w{chr(97 + f % 26)}{chr(97 + f // 26)}" for f in range(n)]   # letters only: words have no digits
+    words = [[name[f]] for f in range(n)]
+    own = [f"{name[f]} and {name[f]}" for f in range(n)]   # every feature's text has its own word twice
+    shuffled = [f"{name[(f * 7 + 3) % n]} {name[(f * 7 + 3) % n]}" for f in range(n)]  # someone else's words
+
+    def group(texts):
+        ones = torch.ones(n, dtype=torch.bool)
+        rank = torch.eye(n)                      # own readback highest in each column
+        return Group(hits_matrix(texts, words), rank, ones, ones)
+
+    clean = torch.ones(n, dtype=torch.bool)
+    got = null_counts({"a": ([group(own)], clean)}, permutations=199, seed=1)["a"]
+    assert got["words"]["observed"] == n and got["words"]["p"] == pytest.approx(1 / 200)
+    assert got["words"]["chance"] < 2 and got["words"]["net"] > n - 2
+    assert got["both"]["observed"] == n and got["readback"]["features"] == list(range(n))
+    lo, hi = got["words"]["interval"]
+    assert lo <= got["words"]["chance"] <= hi
+    other = null_counts({"a": ([group(shuffled)], clean)}, permutations=199, seed=1)["a"]
+    assert other["words"]["observed"] == 0 and other["words"]["p"] == 1.0
+    assert other["both"]["observed"] == 0
+
+
+def test_prompt_comes_from_the_model_itself(tiny_loaded):
+    from saesteer.validation.measures import model_opening
+
+    opening = model_opening(tiny_loaded, 3)
+    assert opening and len(opening.split()) <= 3
+    assert opening == model_opening(tiny_loaded, 3)   # greedy: the same every time

@@ -133,8 +133,9 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Self-sampled training tokens.")
 @click.option("--epochs", default=_V.epochs, show_default=True, type=click.FloatRange(0, min_open=True))
 @click.option("--seed", default=_V.seed, show_default=True, type=int)
-@click.option("--prompt", default=_V.prompt, show_default=True,
-              help="Story opening to sweep from (every feature is also swept from BOS alone).")
+@click.option("--prompt", default=None,
+              help="Prompt to sweep from (every feature is also swept from BOS alone) [default: the opening words of"
+                   " the model's own most likely text].")
 @click.option("--values", default=_csv(_V.values), show_default=True, help="Absolute clamp values, comma-separated.")
 @click.option("--relative-values", default=_csv(_V.relative_values), show_default=True,
               help="Clamp values as multiples of each feature's maximum activation, comma-separated.")
@@ -162,14 +163,24 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
                        max_new_tokens=max_new_tokens, reference_samples=reference_samples,
                        reference_temperature=reference_temperature, features=features, out=out, progress=not quiet)
     if as_json:
-        keys = REPORT_KEYS + ("top20_score_hits_no_fluency", "chance_bos", "chance_prompt", "chance_both")
-        click.echo(json.dumps({key: getattr(v, key) for key in keys} | {"timings": v.timings}, indent=2))
+        keys = REPORT_KEYS + ("top20_score_hits_no_fluency", "chance_bos", "chance_prompt", "chance_both", "cross")
+        nulls = {lbl: {t: {k: x for k, x in d.items() if k != "features"} for t, d in tests.items()}
+                 for lbl, tests in v.nulls.items()}
+        click.echo(json.dumps({key: getattr(v, key) for key in keys} | {"nulls": nulls, "timings": v.timings},
+                              indent=2))
         return
     click.echo(f"SAE at {v.hook}: variance explained {v.variance_explained:.4f}, L0 {v.l0:.2f}, "
                f"dead {100 * v.dead_fraction:.2f}%")
+    prompt = v.prompts[1].prompt
     click.echo(f"steer clearly: {v.clear_bos} from BOS (chance {v.chance_bos:.1f}), {v.clear_prompt} from "
                f"{prompt!r} (chance {v.chance_prompt:.1f}), {v.clear_both} from both (chance {v.chance_both:.1f}) "
                f"of {v.n_features}")
+    for lbl, tests in v.nulls.items():
+        click.echo(f"{lbl}: " + "; ".join(f"{t} {d['observed']} (chance {d['chance']:.1f}, net {d['net']:.1f}, "
+                                          f"p {d['p']:.3g})" for t, d in tests.items()))
+    for lbl, c in v.cross.items():
+        click.echo(f"{lbl}: top's first 20: {c['top_steer_readback_top5']} with their text in the readback's top 5%,"
+                   f" {c['top_steer_clear']} clear by firing words")
     click.echo(f"clear among the score's top 20: {v.top20_score_hits} (score without fluency: "
                f"{v.top20_score_hits_no_fluency})")
     click.echo(f"{v.timings['total_s']:.0f}s; report: {Path(out) / 'report.html'}")

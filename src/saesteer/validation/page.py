@@ -46,18 +46,25 @@ def _load(machine: dict) -> str:
     return "unknown" if a is None else f"{a:.2f} at the start, {b:.2f} at the end on {machine.get('cpus')} CPUs"
 
 
+TEST_NAMES = {"words": "clear by firing words", "readback": "own text in the readback's top 5%",
+              "both": "both, on one text"}
+CROSS_ROWS = (("steer (saesteer top)", "top_steer"), ("firing-word score", "top_score"),
+              ("readback rank", "top_readback"))
+
+
 def report_page(v) -> str:
     """The validation as one self-contained HTML page (``evaluation/templates/validation.html.j2``)."""
     c = v.config
     took = (f"{v.timings.get('total_s', 0):.0f}s (sampling {v.timings.get('sample_s', 0):.0f}s, training "
             f"{v.timings.get('train_s', 0):.0f}s, facts {v.timings.get('facts_s', 0):.0f}s, sweeps "
             f"{v.timings.get('sweep_s', 0):.0f}s); 1-minute load average {_load(v.machine)}")
-    best = [{"feature": b.feature, "clear_on": b.clear_on, "max_activation": b.max_activation,
+    best = [{"feature": b.feature, "clear_on": b.clear_on, "passes_both_on": b.passes_both_on,
+             "max_activation": b.max_activation,
              "firing_words": b.firing_words,
              "rows": [{"label": lbl, "fire_hits": r["fire_hits"], "fluency_drop": r["fluency_drop"], "clear": r["clear"],
                        "how": f"{r['value']:g} x max ({r['clamp']:.2f})" if r["relative"] else f"{r['value']:g}",
                        "marked": _marked(r["text"], b.firing_words)} for lbl, r in b.texts.items()]}
             for b in v.best]
     body = render("validation.html.j2", v=v, c=c, model_name=Path(v.model).name, time=took, best=best,
-                  prompts={p.label: p for p in v.prompts})
+                  prompts={p.label: p for p in v.prompts}, tests=TEST_NAMES, cross=CROSS_ROWS)
     return page(f"saesteer validation: {Path(v.model).name}", body)

@@ -1,17 +1,20 @@
-"""Validate the method on a real model: train an SAE, sweep every feature, count the features that steer clearly.
+"""Validate the method on a real model: train an SAE, sweep every feature, count the features that steer, against
+a permutation null.
 
-:func:`validate` runs the whole check on a local Hugging Face directory (GPT-2 or Llama family; by default
+:func:`validate` runs the whole check on a local Hugging Face directory (by default
 ``../shared/models/stories260K-hf``):
 
 1. sample ``tokens`` activations at a middle layer from text the model samples itself, and train a TopK SAE
    on them (``saesteer.training``); variance explained, L0 and dead latents are measured on held-out samples;
-2. compute the feature facts (firing words, maximum activations) on reference text the model samples at a
-   lower temperature (cleaner stories than temperature 1, so the firing words are words it really writes);
-3. sweep every feature from BOS and from a story opening, at absolute values and at multiples of each
-   feature's maximum activation, with fluency measured (``saesteer.sweep``);
-4. count the features that steer clearly (:func:`clearest`), and the same count with every feature's texts
-   checked against *another* feature's firing words (:func:`chance_clear`): how many "clear" features
-   chance alone would give, which the counts must be read against.
+2. compute the feature facts (firing words, maximum activations) on reference text the model samples
+   (at ``reference_temperature``);
+3. sweep every feature from BOS and from a prompt taken from the model itself (the opening words of its most
+   likely text, unless ``prompt`` is given), at absolute values and at multiples of each feature's maximum
+   activation, with fluency and the readback (``evaluation.readback``) measured;
+4. count the features that pass each test (firing words, ``criterion.clearest``; readback in the top 5% of
+   its null; both on one text) next to a permutation null (``validation.nulls``: the texts shuffled among the
+   features, what the counts would be if steering had nothing to do with the clamped feature), and measure
+   the top 20 by each ranking with the other measure (``validation.measures``).
 
 The result is a :class:`Validation`; with ``out`` it also writes ``report.json``, ``report.html``,
 ``features.jsonl``, the SAE (SAELens folder) and its facts. See ``docs/validation.md`` for the numbers.
@@ -34,18 +37,18 @@ from saesteer.evaluation.reference import sample_reference
 from saesteer.models.loading import load_model
 from saesteer.saes import load_sae, save_sae
 from saesteer.steerer import Steerer
+from saesteer.sweep.rank import annotate
 from saesteer.sweep.runner import Sweep
 from saesteer.training import sample_activations, train_topk_sae
-from saesteer.validation.criterion import (N_BEST, chance_clear, clearest, no_fluency_score, result_dict, shown,
+from saesteer.validation.criterion import (N_BEST, clearest, no_fluency_score, result_dict, shown,
                                           top_hits)
+from saesteer.validation.measures import base_clean, cross_top, model_opening, null_groups
+from saesteer.validation.nulls import null_counts
 from saesteer.validation.page import write_outputs
 
 
 
 DEFAULT_MODEL = "../shared/models/stories260K-hf"
-DEFAULT_PROMPT = "Once upon a time"
-CHANCE_SHIFTS = (131, 517, 777)
-"""Feature ``f``'s texts are checked against feature ``(f + s) % n``'s firing words for each shift ``s``."""
 REPORT_KEYS = ("variance_explained", "l0", "dead_fraction", "n_features", "clear_bos", "clear_prompt", "clear_both",
                "top20_score_hits")
 
@@ -66,8 +69,13 @@ class ValidationConfig:
     eval_tokens: int = 65_536
     """Held-out self-sampled tokens for variance explained, L0 and dead latents."""
     seed: int = 0
-    prompt: str = DEFAULT_PROMPT
-    """The story opening; every feature is also swept from BOS alone."""
+    prompt: str | None = None
+    """A prompt to sweep from; None: the opening words of the model's own most likely text (greedy from BOS),
+    which assumes nothing about the model's domain. Every feature is also swept from BOS alone."""
+    opening_words: int = 4
+    """Words of the model's own opening taken as the prompt (when ``prompt`` is None)."""
+    permutations: int = 999
+    """Random permutations of the features in each null (the smallest p-value is 1 / (1 + permutations))."""
     values: tuple[float, ...] = (2.0, 3.0, 4.0)
     """Absolute clamp values."""
     relative_values: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
@@ -89,6 +97,8 @@ class ValidationConfig:
             raise SaesteerError("max_new_tokens, tokens, reference_samples and reference_length must be positive")
         if not self.reference_temperature > 0:
             raise SaesteerError(f"reference_temperature must be above 0, got {self.reference_temperature}")
+        if self.opening_words < 1 or self.permutations < 0:
+            raise SaesteerError("opening_words must be >= 1 and permutations >= 0")
 
 
 # --------------------------------------------------------------------------- results
@@ -104,7 +114,7 @@ class PromptOutcome:
     clear: list[int]
     """Features that steer clearly from this prompt."""
     chance: float
-    """Mean size of :func:`chance_clear` over ``CHANCE_SHIFTS``."""
+    """The clear count chance gives: the mean of its permutation null (``validation.nulls``)."""
     top20_score_hits: int
     top20_score_hits_no_fluency: int
 
@@ -117,6 +127,8 @@ class FeatureOutcome:
     firing_words: list[str]
     max_activation: float
     clear_on: list[str]
+    passes_both_on: list[str]
+    """Prompts from which one of its texts passes both tests."""
     score: float
     """Its best score from each prompt, summed."""
     texts: dict[str, dict] = field(default_factory=dict)
@@ -143,13 +155,20 @@ class Validation:
     chance_bos: float
     chance_prompt: float
     chance_both: float
-    """:func:`chance_clear` counts (means over shifts): clear counts expected without any link to the feature."""
+    """Clear counts chance gives (means of the permutation nulls; ``both``: clear from both prompts)."""
     prompts: list[PromptOutcome]
     best: list[FeatureOutcome]
     config: dict
     timings: dict
     machine: dict
     training: dict = field(default_factory=dict)
+    nulls: dict = field(default_factory=dict)
+    """Per prompt label and ``every_prompt``, per test (``words``, ``readback``, ``both``): observed count,
+    chance, 95% interval of the null, permutation p-value, net of chance, features (``validation.nulls``)."""
+    cross: dict = field(default_factory=dict)
+    """Per prompt label: the top 20 by each measure, measured by the other (``validation.measures``)."""
+    passes_both: list[int] = field(default_factory=list)
+    """Features with one text that passes both tests (firing words and readback) from some prompt."""
 
     def report(self) -> dict:
         d = asdict(self)
@@ -194,37 +213,38 @@ def _train(lm, hook: str, cfg: ValidationConfig, progress: bool, t: dict):
 
 
 def _sweep_prompt(st, facts, cfg: ValidationConfig, prompt: str | None, n_features: int, progress: bool):
-    """Every feature at every value from ``prompt``: ``({feature: [(relative, SweepResult), ...]}, baseline)``."""
+    """Every feature at every value from ``prompt``, readback measured: ``({feature: [(relative, SweepResult),
+    ...]}, baseline, [results of each sweep])``."""
     by_feature: dict[int, list] = {f: [] for f in range(n_features)}
-    baseline = None
+    baseline, sweeps = None, []
     for rel, values in ((False, cfg.values), (True, cfg.relative_values)):
         if not values:
             continue
         sw = Sweep(st, features=f"0:{n_features}", values=list(values), relative=rel, prompt=prompt,
                    max_new_tokens=cfg.max_new_tokens, fluency=True, facts=facts, batch_size=cfg.batch_size,
-                   progress=progress)
-        for r in sw.results():
+                   progress=progress, readback=True)
+        results = sw.results()
+        for r in results:
             by_feature[r.feature].append((rel, r))
+        sweeps.append(results)
         baseline = sw.baseline
-    return by_feature, baseline
+    return by_feature, baseline, sweeps
 
 
-def _outcome(label: str, prompt: str | None, by_feature: dict, baseline, facts) -> tuple[PromptOutcome, list]:
-    """Clear features, chance control and top-20 hits of one prompt's sweep (and the chance sets per shift)."""
-    results = [r for rs in by_feature.values() for _, r in rs]
+def _outcome(label: str, prompt: str | None, by_feature: dict, baseline, chance: float) -> PromptOutcome:
+    """Clear features, chance (the permutation null's mean) and top-20 hits of one prompt's sweep."""
     clear = sorted(f for f, rs in by_feature.items() if clearest(r for _, r in rs) is not None)
-    chance = [chance_clear(results, facts, baseline.tokens, baseline.text, s) for s in CHANCE_SHIFTS]
     flu = {f: max(r.metrics.score for _, r in rs) for f, rs in by_feature.items()}
     nof = {f: max(no_fluency_score(r.metrics) for _, r in rs) for f, rs in by_feature.items()}
-    outcome = PromptOutcome(label, prompt, baseline.text, baseline.fluency, clear,
-                            sum(len(c) for c in chance) / len(chance), top_hits(flu, set(clear)),
-                            top_hits(nof, set(clear)))
-    return outcome, chance
+    return PromptOutcome(label, prompt, baseline.text, baseline.fluency, clear, chance, top_hits(flu, set(clear)),
+                         top_hits(nof, set(clear)))
 
 
-def _best_features(per_prompt: dict, clear_sets: dict, facts, n: int = N_BEST) -> list[FeatureOutcome]:
-    """The ``n`` features to show: clear on both prompts first, then on one; then by summed score, firing-word
-    occurrences of their clear texts (up to 4 each) and fluency."""
+def _best_features(per_prompt: dict, clear_sets: dict, facts, both_sets: dict,
+                   n: int = N_BEST) -> list[FeatureOutcome]:
+    """The ``n`` features to show: passing both tests first, then clear on both prompts, then on one; then by
+    summed score, firing-word occurrences of their clear texts (up to 4 each) and fluency."""
+    passing = set().union(*both_sets.values())
     clear_any = set().union(*clear_sets.values())
     both = set.intersection(*clear_sets.values())
     features = range(len(next(iter(per_prompt.values()))))
@@ -234,14 +254,15 @@ def _best_features(per_prompt: dict, clear_sets: dict, facts, n: int = N_BEST) -
         picked = [c for c in (clearest(r for _, r in per_prompt[lbl][f]) for lbl in per_prompt) if c is not None]
         hits_ = sum(min(c.metrics.fire_hits, 4) for c in picked)
         drop = sum(c.metrics.fluency_drop for c in picked)
-        return -(f in both), -(f in clear_any), -summed[f], -hits_, drop, f
+        return -(f in passing), -(f in both), -(f in clear_any), -summed[f], -hits_, drop, f
 
     best = []
     for f in sorted(features, key=rank)[:n]:
         ff = facts[f]
         texts = {lbl: result_dict(*shown(per_prompt[lbl][f])) for lbl in per_prompt}
         best.append(FeatureOutcome(f, list(ff.firing_words), round(ff.max_activation, 4),
-                                   [lbl for lbl in per_prompt if f in clear_sets[lbl]], round(summed[f], 4), texts))
+                                   [lbl for lbl in per_prompt if f in clear_sets[lbl]],
+                                   [lbl for lbl in per_prompt if f in both_sets[lbl]], round(summed[f], 4), texts))
     return best
 
 
@@ -288,35 +309,46 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
 
     st = Steerer(lm, sae, hook=hook)
     n_features = min(cfg.features or sae.d_sae, sae.d_sae)
+    opening = cfg.prompt if cfg.prompt is not None else model_opening(lm, cfg.opening_words)
     _say(progress, f"[3/4] sweeping {n_features} features x {len(cfg.values) + len(cfg.relative_values)} values "
-                   f"from BOS and from {cfg.prompt!r}, {cfg.max_new_tokens} tokens each")
+                   f"from BOS and from {opening!r}, {cfg.max_new_tokens} tokens each, readback measured")
     t3 = time.perf_counter()
-    per_prompt, chance_sets, outcomes = {}, {}, []
-    for label, prompt in (("bos", None), ("prompt", cfg.prompt)):
-        per_prompt[label], baseline = _sweep_prompt(st, facts, cfg, prompt, n_features, progress)
-        outcome, chance_sets[label] = _outcome(label, prompt, per_prompt[label], baseline, facts)
-        outcomes.append(outcome)
-        _say(progress, f"      {label}: {len(outcome.clear)} features steer clearly (chance: {outcome.chance:.1f})")
+    per_prompt, baselines, annotated, null_in = {}, {}, {}, {}
+    for label, prompt in (("bos", None), ("prompt", opening)):
+        per_prompt[label], baselines[label], sweeps = _sweep_prompt(st, facts, cfg, prompt, n_features, progress)
+        annotated[label] = [annotate([r.to_record() for r in results]) for results in sweeps]
+        null_in[label] = (null_groups(annotated[label], facts, n_features),
+                          base_clean(baselines[label], facts, n_features))
     t["sweep_s"] = time.perf_counter() - t3
 
-    _say(progress, "[4/4] report")
+    _say(progress, f"[4/4] permutation nulls ({cfg.permutations} permutations) and report")
+    nulls = null_counts(null_in, permutations=cfg.permutations, seed=cfg.seed)
+    cross = {label: cross_top(annotated[label]) for label in annotated}
+    outcomes = [_outcome(label, prompt, per_prompt[label], baselines[label], nulls[label]["words"]["chance"])
+                for label, prompt in (("bos", None), ("prompt", opening))]
+    for o in outcomes:
+        n = nulls[o.label]
+        _say(progress, "      " + o.label + ": " + "; ".join(
+            f"{test} {n[test]['observed']} (chance {n[test]['chance']:.1f}, p {n[test]['p']:.3g})" for test in n))
     clear_sets = {o.label: set(o.clear) for o in outcomes}
     clear_any = clear_sets["bos"] | clear_sets["prompt"]
+    both_sets = {label: set(nulls[label]["both"]["features"]) for label in per_prompt}
     best_flu = {f: _best_score(per_prompt, f, lambda m: m.score) for f in range(n_features)}
     best_nof = {f: _best_score(per_prompt, f, no_fluency_score) for f in range(n_features)}
-    chance_both = sum(len(b & p) for b, p in zip(chance_sets["bos"], chance_sets["prompt"])) / len(CHANCE_SHIFTS)
-    best = _best_features(per_prompt, clear_sets, facts)
+    best = _best_features(per_prompt, clear_sets, facts, both_sets)
     t["total_s"] = time.perf_counter() - start
     result = Validation(
         model=lm.name, hook=hook, variance_explained=stats.variance_explained, l0=stats.l0,
         dead_fraction=stats.dead_fraction, n_features=n_features, clear_bos=len(clear_sets["bos"]),
         clear_prompt=len(clear_sets["prompt"]), clear_both=len(clear_sets["bos"] & clear_sets["prompt"]),
         top20_score_hits=top_hits(best_flu, clear_any), top20_score_hits_no_fluency=top_hits(best_nof, clear_any),
-        chance_bos=outcomes[0].chance, chance_prompt=outcomes[1].chance, chance_both=chance_both, prompts=outcomes,
+        chance_bos=outcomes[0].chance, chance_prompt=outcomes[1].chance,
+        chance_both=nulls["every_prompt"]["words"]["chance"], prompts=outcomes,
         best=best, config={**asdict(cfg), "hook": hook}, timings={k: round(v, 1) for k, v in t.items()},
         machine={**machine, "load_avg_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         training={"steps": stats.steps, "tokens": stats.tokens, "eval_tokens": stats.eval_tokens,
                   "eval": "held-out" if cfg.eval_tokens else "training tokens", "reference": reference.description},
+        nulls=nulls, cross=cross, passes_both=sorted(set().union(*both_sets.values())),
     )
     if out_dir is not None:
         write_outputs(result, out_dir, per_prompt, facts)

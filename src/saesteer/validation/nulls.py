@@ -1,0 +1,144 @@
+"""Counts of features that pass each test, next to a permutation null that cannot pass by chance.
+
+The null hypothesis is that steering has nothing to do with *which* feature was clamped: then the texts
+could belong to any feature. A permutation ``pi`` of the swept features judges the texts of feature
+``pi(f)`` as if they were ``f``'s: against ``f``'s firing words and ``f``'s readback. The identity is the
+observed count; random permutations (seeded) give the null distribution, its mean ("chance"), a 95%
+interval, and the p-value ``(1 + #{null >= observed}) / (1 + permutations)``.
+
+Per group of texts (one sweep value), with ``n`` swept features:
+
+* ``hits[g, f]``: occurrences of feature ``f``'s firing words in text ``g``;
+* ``rank[g, f]``: mid-rank of feature ``f``'s readback on text ``g`` among the other *changed* texts of the
+  group (``evaluation.readback``; -1 for a text equal to the unsteered one, which carries no evidence);
+* ``fluent[g]``: text ``g`` is at most 1 nat/token less fluent than the unsteered text.
+
+Tests (any value of the feature passes it): **words** = at least 2 firing words in a fluent text, the
+unsteered text having none (``text_metrics.is_clear``); **readback** = a fluent, changed text in the top
+5% of its null; **both** = one text that passes both.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from saesteer.evaluation.text_metrics import CLEAR_MAX_FLUENCY_DROP, CLEAR_MIN_HITS, words
+
+TOP_FRACTION = 0.05
+PERMUTATIONS = 999
+TESTS = ("words", "readback", "both")
+
+
+@dataclass
+class Group:
+    """The texts of one sweep value, one per swept feature (row ``g`` = feature ``g``'s text)."""
+
+    hits: torch.Tensor
+    rank: torch.Tensor
+    fluent: torch.Tensor
+    changed: torch.Tensor
+
+
+def hits_matrix(texts: list[str], firing_words: list[list[str]]) -> torch.Tensor:
+    """``[texts, features]``: occurrences of each feature's firing words in each text."""
+    vocab: dict[str, int] = {}
+    for ws in firing_words:
+        for w in ws:
+            vocab.setdefault(w, len(vocab))
+    counts = torch.zeros(len(texts), max(1, len(vocab)))
+    for g, text in enumerate(texts):
+        for w, c in Counter(w for w in words(text) if w in vocab).items():
+            counts[g, vocab[w]] = c
+    member = torch.zeros(len(firing_words), max(1, len(vocab)))
+    for f, ws in enumerate(firing_words):
+        for w in set(ws):
+            member[f, vocab[w]] = 1
+    return (counts @ member.T).round().to(torch.int32)
+
+
+def rank_matrix(readback: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """``[texts, features]`` mid-ranks of ``readback[g, f]`` within column ``f`` among the other changed
+    texts (the rule of ``evaluation.readback.readback_ranks``); -1 for unchanged texts."""
+    n = readback.shape[0]
+    out = torch.full(readback.shape, -1.0)
+    rows = torch.nonzero(changed).flatten()
+    m = rows.numel()
+    if m < 2:
+        return out
+    cols = readback[rows].T.contiguous()          # [features, m]
+    sorted_cols = cols.sort(dim=1).values
+    less = torch.searchsorted(sorted_cols, cols, right=False)
+    less_eq = torch.searchsorted(sorted_cols, cols, right=True)
+    ties = less_eq - less - 1                      # others equal to it
+    out[rows] = ((less + 0.5 * ties) / (m - 1)).T.float()
+    assert out.shape[0] == n
+    return out
+
+
+def passes(groups: list[Group], base_clean: torch.Tensor, perm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean ``[features]`` per test when feature ``f`` is judged on the texts of ``perm[f]``."""
+    n = base_clean.numel()
+    idx = torch.arange(n)
+    out = {t: torch.zeros(n, dtype=torch.bool) for t in TESTS}
+    for g in groups:
+        fluent = g.fluent[perm]
+        w = base_clean & fluent & (g.hits[perm, idx] >= CLEAR_MIN_HITS)
+        r = fluent & g.changed[perm] & (g.rank[perm, idx] >= 1.0 - TOP_FRACTION)
+        out["words"] |= w
+        out["readback"] |= r
+        out["both"] |= w & r
+    return out
+
+
+def null_counts(prompts: dict[str, tuple[list[Group], torch.Tensor]], *, permutations: int = PERMUTATIONS,
+                seed: int = 0) -> dict[str, dict[str, dict]]:
+    """Per prompt label (``groups, base_clean``), and ``"every_prompt"`` (features passing on all of them),
+    per test: the ``observed`` count and its ``features``, and the permutation null's ``chance`` (mean),
+    ``interval`` (2.5% and 97.5% quantiles), ``p`` and ``net`` (observed - chance). One permutation of the
+    features is drawn per round and applied to every prompt."""
+    n = next(iter(prompts.values()))[1].numel()
+    labels = [*prompts, "every_prompt"]
+
+    def count(perm: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+        got = {lbl: passes(groups, clean, perm) for lbl, (groups, clean) in prompts.items()}
+        got["every_prompt"] = {t: torch.stack([got[lbl][t] for lbl in prompts]).all(0) for t in TESTS}
+        return got
+
+    observed = count(torch.arange(n))
+    gen = torch.Generator().manual_seed(seed)
+    null = {lbl: {t: [] for t in TESTS} for lbl in labels}
+    for _ in range(permutations):
+        got = count(torch.randperm(n, generator=gen))
+        for lbl in labels:
+            for t in TESTS:
+                null[lbl][t].append(int(got[lbl][t].sum()))
+    return {lbl: {t: summary(observed[lbl][t], null[lbl][t]) for t in TESTS} for lbl in labels}
+
+
+def summary(observed: torch.Tensor, null: list[int]) -> dict:
+    """An observed pass vector against its null counts (see :func:`null_counts`)."""
+    obs = int(observed.sum())
+    dist = torch.tensor(null or [0], dtype=torch.float64)
+    lo, hi = dist.quantile(torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    p = (1 + sum(1 for x in null if x >= obs)) / (1 + len(null))
+    chance = float(dist.mean())
+    return {"observed": obs, "chance": round(chance, 3), "interval": [lo, hi], "p": round(p, 6),
+            "net": round(obs - chance, 3), "features": torch.nonzero(observed).flatten().tolist()}
+
+
+def group_of(records: list[dict], n: int, firing_words: list[list[str]]) -> Group:
+    """A :class:`Group` from the records of one value, one per feature ``0..n-1`` (readback vectors needed)."""
+    by_f = {r["feature"]: r for r in records}
+    texts = [by_f[f]["text"] if f in by_f else "" for f in range(n)]
+    changed = torch.tensor([bool(by_f.get(f, {}).get("differs")) for f in range(n)])
+    drops = [by_f.get(f, {}).get("fluency_drop") for f in range(n)]
+    fluent = torch.tensor([d is not None and d <= CLEAR_MAX_FLUENCY_DROP for d in drops])
+    readback = torch.zeros(n, n)
+    for f, r in by_f.items():
+        for i, v in zip(r.get("readback_ids") or [], r.get("readback_vals") or []):
+            if i < n:
+                readback[f, i] = v
+    return Group(hits_matrix(texts, firing_words), rank_matrix(readback, changed), fluent, changed)

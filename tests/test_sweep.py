@@ -54,7 +54,7 @@ def records(folder):
     return st.load_records(folder)
 
 
-@pytest.mark.parametrize("prompt,mode", [(None, "delta"), ("The dragon", "reconstruct")])
+@pytest.mark.parametrize("prompt,mode", [(None, "delta"), ("The dragon", "reconstruct"), ("The dragon", "add")])
 def test_each_result_equals_generate_with_that_clamp_alone(steerer, ref, prompt, mode):
     results = make(steerer, ref, prompt=prompt, mode=mode, features="0:5", batch_size=4).results()
     assert [(r.feature, r.value) for r in results] == [(f, v) for f in range(5) for v in (20.0, -10.0)]

@@ -10,6 +10,7 @@ from saesteer.cli.paths import OutputFile
 from saesteer.cli.core_commands import generation_options
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
+from saesteer.steering.clamp import MODES
 
 
 def reference_options(func):
@@ -115,7 +116,8 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
               help="Clamp values of the steered samples [default: -20,10,20,40].")
 @click.option("--prompt", default=None, help="Prompt of the steered samples (default: BOS alone).")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(0, 4096))
-@click.option("--mode", type=click.Choice(["delta", "reconstruct"]), default="delta", show_default=True)
+@click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
+              help="delta / reconstruct clamp the feature to each value; add adds value x its decoder direction.")
 @reference_options
 @click.option("--top", "top_n", default=10, show_default=True, type=click.IntRange(1, 100),
               help="Tokens and words listed per row.")

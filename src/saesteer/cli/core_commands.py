@@ -35,7 +35,8 @@ def generation_options(func):
     func = click.option("--seed", default=None, type=int,
                         help="Seed for sampling (default: a fresh one, reported so the text can be reproduced).")(func)
     func = click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
-                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z').")(func)
+                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z');"
+                             " add: add VALUE times the feature's decoder direction (Neuronpedia's steering).")(func)
     return func
 
 

@@ -22,7 +22,8 @@ from saesteer.steering.clamp import MODES
 @click.option("--prompt", default=None, help="Text to continue; without it, generation starts from BOS alone.")
 @click.option("--max-new-tokens", default=10, show_default=True, type=click.IntRange(1, 4096))
 @click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
-              help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z').")
+              help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z'); add: add VALUE"
+                   " times the feature's decoder direction.")
 @click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20),
               help="Rows (feature x value) per generate call; default 512.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default=None,

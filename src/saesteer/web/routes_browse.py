@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
 from saesteer import __version__
+from saesteer.steering.clamp import MODES
 from saesteer.web import schemas as S
 from saesteer.web.errors import QUEUE_ERRORS, InputError
 from saesteer.web.jobs import run_job
@@ -22,7 +23,7 @@ def info(request: Request) -> S.InfoResponse:
     """The model, SAE and results folders being served, and the request limits."""
     svc, worker, results = service_of(request), request.app.state.worker, request.app.state.results
     return S.InfoResponse(
-        version=__version__, **svc.info(), modes=["delta", "reconstruct"],
+        version=__version__, **svc.info(), modes=list(MODES),
         limits=S.Limits(max_prompt_chars=S.MAX_PROMPT_CHARS, max_prompt_tokens=S.MAX_PROMPT_TOKENS,
                         max_new_tokens=S.MAX_NEW_TOKENS, max_clamps=S.MAX_CLAMPS,
                         max_curve_values=S.MAX_CURVE_VALUES, max_positions=svc.max_positions,

@@ -23,7 +23,7 @@ MAX_CURVE_VALUES = 12
 MAX_QUERY_CHARS = 200
 MAX_PAGE = 200
 
-Mode = Literal["delta", "reconstruct"]
+Mode = Literal["delta", "reconstruct", "add"]
 Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 Feature = Annotated[StrictInt, Field(ge=0)]
 
@@ -47,7 +47,7 @@ class GenerationFields(Schema):
     """Text to continue; null or empty: generation starts from the BOS token alone."""
     mode: Mode = "delta"
     """``delta``: add decode(z') - decode(z), keeping the SAE error; ``reconstruct``: replace the activation
-    by decode(z')."""
+    by decode(z'); ``add``: add value times the feature's decoder direction (Neuronpedia's steering)."""
     max_new_tokens: Annotated[int, Field(ge=0, le=MAX_NEW_TOKENS)] = 20
     """Tokens to generate (the prompt's tokens plus these must fit in the model's positions)."""
     temperature: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 0.0

@@ -133,7 +133,7 @@ class Service:
                 step[0] += 1
             return on_step
 
-        if req.temperature == 0 and req.mode == "delta":
+        if req.temperature == 0 and req.mode in ("delta", "add"):  # an empty row is a no-op
             base, steered = self.st.generate_many([req.prompt, req.prompt], rows=[[], clamps],
                                                   on_step=on_step_for(["unsteered", "steered"]), **kw)
         else:

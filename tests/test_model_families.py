@@ -116,3 +116,23 @@ def test_tiny_configs_exercise_the_family_features(family, change, one_thread):
         base = make_tiny(family)(input_ids=IDS).logits
         changed = make_tiny(family, **change)(input_ids=IDS).logits
     assert (base - changed).abs().max() > 1e-3
+
+
+def test_teacher_forced_scores_run_on_every_family(family_model):
+    """Fluency and KL read the vocabulary size from the unembedding (Gemma 3 multimodal keeps it in a sub-config)."""
+    from conftest import make_sae
+    from saesteer.evaluation.teacher_forced import next_token_kl
+    from saesteer.evaluation.text_metrics import mean_logprob
+    from saesteer.models.hook_sites import vocab_size
+    from saesteer.models.loading import wrap_model
+
+    family, model = family_model
+    assert vocab_size(model) == 50257
+    prompt, conts = [50256, 39, 4266], [[318, 257], [922]]
+    lp = mean_logprob(model, prompt, conts)
+    with torch.no_grad():
+        logits = torch.log_softmax(model(input_ids=torch.tensor([prompt + [922]])).logits[0, -2], -1)
+    assert lp[1] == pytest.approx(float(logits[922]), abs=1e-4)
+    sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=2)
+    kl = next_token_kl(wrap_model(model), sae, "blocks.1.hook_resid_post", prompt, conts, [{3: 8.0}, []])
+    assert kl[0][0] > 0 and kl[1] == [0.0]

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from saesteer.errors import SaesteerError
+from saesteer.models.hook_sites import vocab_size
 from saesteer.steering.clamp import SAEClamp, as_clamps
 from saesteer.steering.hooks import hooks
 
@@ -64,7 +65,7 @@ def next_token_kl(lm, sae, hook: str, prompt_tokens: Sequence[int], continuation
     todo = [i for i, c in enumerate(continuations) if len(c) > 0]
     if not todo:
         return out
-    vocab = int(model.config.vocab_size)
+    vocab = vocab_size(model)
     width = max(len(continuations[i]) for i in todo) + 1
     per_call = max(1, max_logits // (width * vocab))
     for s in range(0, len(todo), per_call):

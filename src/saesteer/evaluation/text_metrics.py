@@ -249,13 +249,15 @@ def mean_logprob(model, prompt: Sequence[int], continuations: Sequence[Sequence[
     """
     import torch
 
+    from saesteer.models.hook_sites import vocab_size  # beside torch: the text metrics above need neither
+
     prompt = [int(t) for t in prompt]
     out: list[float | None] = [None] * len(continuations)
     todo = [i for i, c in enumerate(continuations) if len(c) > 0]
     if not todo or not prompt:
         return out
     device = next(model.parameters()).device
-    vocab = int(model.config.vocab_size)
+    vocab = vocab_size(model)
     width = len(prompt) + max(len(continuations[i]) for i in todo)
     per_call = max(1, max_logits // (width * vocab))
     with torch.no_grad():

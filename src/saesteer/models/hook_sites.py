@@ -181,6 +181,11 @@ def d_model(model: nn.Module) -> int:
     return int(model.get_submodule(architecture_of(model).final_norm).weight.shape[0])
 
 
+def vocab_size(model: nn.Module) -> int:
+    """Number of logits per position (read from the unembedding: multimodal configs keep it in a sub-config)."""
+    return int(model.get_submodule(architecture_of(model).unembed).weight.shape[0])
+
+
 @torch.no_grad()
 def unembed_directions(model: nn.Module, directions: Tensor) -> Tensor:
     """Logit-lens: push residual-stream directions ``[n, d]`` through the final norm's gain and unembedding.

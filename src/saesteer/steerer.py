@@ -215,9 +215,13 @@ class Steerer:
         """One continuation of ``prompt`` (BOS alone when None); keywords as ``generate_many``."""
         return self.generate_many([prompt], **kwargs)[0]
 
-    def batch_features(self, features: Sequence[int], value: float, *, prompt: str | None = None,
+    def batch_features(self, features: Sequence[int], value: float | Sequence[float], *, prompt: str | None = None,
                        mode: str = "delta", max_new_tokens: int = 10, **kwargs) -> list[Generation]:
-        """One row per feature, row b clamping ``features[b]`` to ``value``: the practical session's Q9."""
-        rows = [[FeatureClamp(int(f), float(value))] for f in features]
+        """One row per feature, row b clamping ``features[b]`` to ``value`` (or to ``value[b]`` when it is a
+        sequence, e.g. each feature's own scale): the practical session's Q9."""
+        values = [value] * len(features) if isinstance(value, (int, float)) else list(value)
+        if len(values) != len(features):
+            raise SaesteerError(f"{len(values)} values for {len(features)} features")
+        rows = [[FeatureClamp(int(f), float(v))] for f, v in zip(features, values)]
         return self.generate_many([prompt] * len(rows), rows=rows, mode=mode, max_new_tokens=max_new_tokens,
                                   **kwargs)

@@ -7,7 +7,8 @@ import click
 from saesteer.cli.paths import OutputFile
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
-from saesteer.io import printable
+from saesteer.io import escape_text, printable
+from saesteer.strength import DEFAULT_MULTIPLE
 from saesteer.steering.clamp import MODES, parse_clamp
 
 
@@ -94,24 +95,37 @@ def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
 @model_options
 @click.option("--features", "features", required=True, help="START:STOP; row b clamps feature START + offset + b.")
 @click.option("--offset", default=0, show_default=True, type=int, help="Added to every feature index.")
-@click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value for every feature.")
+@click.option("--value", default=None, type=float,
+              help="Absolute clamp value for every feature (default: --strength x each feature's max activation).")
+@click.option("--strength", default=DEFAULT_MULTIPLE, show_default=True, type=float,
+              help="Without --value: clamp each feature to this multiple of its max activation on reference text.")
 @click.option("--prompt", default=None, help="Prompt for every row (default: BOS alone).")
 @generation_options
 @click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20), help="Rows per forward (default: chosen from memory).")
 @click.option("--out", "out", required=True, type=OutputFile(), help="Output .txt: FEATURE<TAB>TEXT per line.")
-def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tokens, temperature, top_p, seed, mode,
-          batch_size, out):
-    """One row per feature, each clamped to VALUE, from BOS (or a prompt); save one line per feature."""
-    from saesteer.io import atomic_write_text, escape_text
+def batch(model, sae, hook, device, features, offset, value, strength, prompt, max_new_tokens, temperature, top_p,
+          seed, mode, batch_size, out):
+    """One row per feature, each clamped to VALUE (or to STRENGTH x its own max activation), from BOS (or a
+    prompt); save one line per feature."""
+    from saesteer.io import atomic_write_text
     from saesteer.steering.clamp import FeatureClamp
+    from saesteer.strength import feature_scale
 
-    FeatureClamp(0, value)  # validates the value
+    if value is not None:
+        FeatureClamp(0, value)  # validates the value
     st = build_steerer(model, sae, hook, device)
     r = parse_range(features, st._need_sae().d_sae)
     feats = [f + offset for f in r]
     for f in feats:
         st.sae.check_feature(f)
-    results = st.batch_features(feats, value, prompt=prompt, mode=mode, max_new_tokens=max_new_tokens,
+    if value is None:
+        scale = feature_scale(st, feats, progress=True)
+        values = [scale.value(f, strength) if scale.max_activation[f] > 0 else 0.0 for f in feats]
+        click.echo(f"values: {strength:g} x each feature's max activation on {scale.source}"
+                   f" ({min(values):.3g} to {max(values):.3g}; --value V for one absolute value)", err=True)
+    else:
+        values = [value] * len(feats)
+    results = st.batch_features(feats, values, prompt=prompt, mode=mode, max_new_tokens=max_new_tokens,
                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
     lines = [f"{f}\t{escape_text(g.text)}" for f, g in zip(feats, results)]
     atomic_write_text(out, "\n".join(lines) + "\n")
@@ -122,16 +136,20 @@ def batch(model, sae, hook, device, features, offset, value, prompt, max_new_tok
 @click.command()
 @model_options
 @click.option("--feature", default=None, type=int, help="Feature to clamp in the steering steps (default: the most active one).")
-@click.option("--value", default=20.0, show_default=True, type=float, help="Clamp value in the steering steps.")
+@click.option("--value", default=None, type=float,
+              help="Absolute clamp value in the steering steps (default: --strength x each feature's max activation).")
+@click.option("--strength", default=DEFAULT_MULTIPLE, show_default=True, type=float,
+              help="Clamp to this multiple of each feature's max activation on reference text (without --value).")
 @click.option("--prompt", default=None,
               help="Prompt of the session (default: 'Happiness is'; 'Once upon a time' on stories260K).")
 @click.option("--out", "out", default="demo_sentences.txt", show_default=True, type=OutputFile(),
               help="Where step 9 saves its sentences.")
-def demo(model, sae, hook, device, feature, value, prompt, out):
+def demo(model, sae, hook, device, feature, value, strength, prompt, out):
     """Walk through the practical session, step by step."""
     from saesteer.cli.demo import run_demo
 
-    run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, prompt=prompt, out=out)
+    run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, strength=strength,
+             prompt=prompt, out=out)
 
 
 COMMANDS = [generate, reconstruct, batch, demo]

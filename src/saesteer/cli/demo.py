@@ -10,6 +10,7 @@ from saesteer import assets
 from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE
 from saesteer.io import atomic_write_text, escape_text, printable
 from saesteer.steerer import Steerer
+from saesteer.strength import DEFAULT_MULTIPLE, feature_scale
 
 
 def _heading(n: int, title: str) -> None:
@@ -34,14 +35,30 @@ def next_steps_hint(st: Steerer) -> str:
             f" and `saesteer compare{args} --prompt ...` puts steered and unsteered text side by side.")
 
 
-def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str | None, out: str,
-             n_batch: int = 8) -> None:
+def run_demo(st: Steerer, *, feature: int | None, value: float | None, prompt: str | None, out: str,
+             strength: float = DEFAULT_MULTIPLE, n_batch: int = 8) -> None:
+    """The session's steps 0-9 on ``st``; ``value`` None clamps to ``strength`` x each feature's peak."""
     sae = st._need_sae()
     prompt = prompt or default_prompt(st)
     _heading(0, "load a model and an SAE")
     click.echo(f"model {st.lm.name} ({sum(p.numel() for p in st.model.parameters()):,} parameters)")
     click.echo(f"SAE   {st.sae_name or 'object'}: {sae}")
+    feature = _record_and_reconstruct(st, prompt, feature)
+    feats = [f for f in range(feature, feature + n_batch) if f < sae.d_sae]
+    values = _choose_values(st, feats, value, strength)
+    _steer(st, prompt, feature, values[feature], n_batch)
 
+    _heading(9, f"a different feature in each row (features {feats[0]}..{feats[-1]}), saved to {out}")
+    results = st.batch_features(feats, [values[f] for f in feats])
+    atomic_write_text(out, "".join(f"{f}\t{escape_text(g.text)}\n" for f, g in zip(feats, results)))
+    for f, g in zip(feats, results):
+        click.echo(f"  {f:>6} = {values[f]:<8.4g} {g.text!r}")
+    click.echo()
+    click.echo(next_steps_hint(st))
+
+
+def _record_and_reconstruct(st: Steerer, prompt: str, feature: int | None) -> int:
+    """Steps 1-3; return the feature to steer (the most active one at the last token unless given)."""
     _heading(1, f"record the activation at {st.hook_name}")
     run = st.run(prompt)
     click.echo(f"prompt tokens {run.prompt_tokens}; activation shape {tuple(run.activation.shape)}")
@@ -62,35 +79,41 @@ def run_demo(st: Steerer, *, feature: int | None, value: float, prompt: str | No
     click.echo("most active features: " + ", ".join(f"{f} ({v:.2f})" for f, v in rec.top_features[:5]))
     if feature is None:
         feature = rec.top_features[0][0] if rec.top_features else 0
-    sae.check_feature(feature)
+    st.sae.check_feature(feature)
+    return feature
 
+
+def _choose_values(st: Steerer, feats: list[int], value: float | None, strength: float) -> dict[int, float]:
+    """Clamp value per feature: ``value`` for all, else ``strength`` x each one's peak on reference text."""
+    click.echo(f"finding each feature's scale on reference text (once; cached under $SAESTEER_CACHE)")
+    scale = feature_scale(st, feats, progress=True)
+    click.echo(scale.describe(feats[0], None if value is not None else strength))
+    if value is not None:
+        click.echo(f"clamping to the absolute value {value:g} (--value); without --value the demo clamps to"
+                   f" {strength:g} x each feature's max activation")
+        return {f: float(value) for f in feats}
+    click.echo(f"clamping each feature to {strength:g} x its own max activation (--strength); --value V clamps"
+               " to an absolute value instead")
+    return {f: scale.value(f, strength) if scale.max_activation[f] > 0 else 0.0 for f in feats}
+
+
+def _steer(st: Steerer, prompt: str, feature: int, value: float, n_batch: int) -> None:
+    """Steps 4-8: plain and edited generation, then the feature clamped in several ways."""
     _heading(4, "generate 10 tokens greedily")
-    plain = st.generate(prompt)
-    click.echo(printable(f"{prompt}{plain.text}"))
+    click.echo(printable(f"{prompt}{st.generate(prompt).text}"))
 
     _heading(5, "edit the activation during generation (multiply by -10)")
-    edited = st.generate(prompt, edit=lambda a: a * -10)
-    click.echo(printable(f"{prompt}{edited.text}"))
+    click.echo(printable(f"{prompt}{st.generate(prompt, edit=lambda a: a * -10).text}"))
 
-    _heading(6, f"clamp feature {feature} to {value}")
+    _heading(6, f"clamp feature {feature} to {value:.4g}")
     for mode in ("delta", "reconstruct"):
         g = st.generate(prompt, clamps={feature: value}, mode=mode)
         click.echo(printable(f"[{mode:11s}] {prompt}{g.text}"))
 
-    _heading(7, f"generate from BOS alone with feature {feature} clamped")
+    _heading(7, f"generate from BOS alone with feature {feature} clamped to {value:.4g}")
     click.echo(printable(f"unsteered: <BOS>{st.generate(None).text}"))
     click.echo(printable(f"steered:   <BOS>{st.generate(None, clamps={feature: value}).text}"))
 
     _heading(8, f"a batch of {n_batch} BOS-only rows, sampled (temperature 1, seed 0)")
     for g in st.generate_many([None] * n_batch, clamps={feature: value}, temperature=1.0, seed=0):
         click.echo(f"  <BOS>{g.text!r}")
-
-    _heading(9, f"a different feature in each row (features {feature}..{feature + n_batch - 1}), saved to {out}")
-    feats = [f for f in range(feature, feature + n_batch) if f < sae.d_sae]
-    results = st.batch_features(feats, value)
-
-    atomic_write_text(out, "".join(f"{f}\t{escape_text(g.text)}\n" for f, g in zip(feats, results)))
-    for f, g in zip(feats, results):
-        click.echo(f"  {f:>6}  {g.text!r}")
-    click.echo()
-    click.echo(next_steps_hint(st))

@@ -9,6 +9,7 @@ import click
 from saesteer.cli.paths import OutputFile
 from saesteer.cli.core_commands import generation_options
 from saesteer.cli.options import build_steerer, echo_json, model_options
+from saesteer.strength import DEFAULT_MULTIPLE, DEFAULT_MULTIPLES, feature_scale
 from saesteer.errors import SaesteerError
 from saesteer.steering.clamp import MODES
 
@@ -30,6 +31,26 @@ def _check_text(path):
         raise SaesteerError(f"reference text file not found: {path}")
 
 
+def _relative_settings(st, pairs, values, relative, text_file, reference_samples, reference_length, *, quiet):
+    """Turn multiples of each feature's max activation into clamp values (the default strength for a bare
+    FEATURE is :data:`DEFAULT_MULTIPLE`); print each feature's scale."""
+    feats = [f for f, _ in pairs]
+    scale = feature_scale(st, feats, reference_text=text_file, reference_samples=reference_samples,
+                          reference_length=reference_length, progress=not quiet)
+    if values is not None:  # --relative --values: one multiple per setting; only one feature has one scale
+        if len(set(feats)) != 1:
+            raise SaesteerError("--relative --values needs a single --clamp feature (each feature has its own"
+                                " scale); write --relative --clamp F=MULTIPLE for several")
+        values = [scale.value(feats[0], m) for m in values]
+    else:
+        pairs = [(f, scale.value(f, DEFAULT_MULTIPLE if v is None else v) if (relative or v is None) else v)
+                 for f, v in pairs]
+    if not quiet:
+        for f in dict.fromkeys(feats):
+            click.echo(scale.describe(f), err=True)
+    return pairs, values
+
+
 def _png_path(out: str, plot: str | None) -> str:
     if plot:
         return plot
@@ -45,7 +66,10 @@ def _png_path(out: str, plot: str | None) -> str:
               help="Feature to clamp (repeatable). With --values, FEATURE alone is enough.")
 @click.option("--values", "values_text", default=None, metavar="V1,V2,...",
               help="Strength sweep: one setting per value, each clamping every --clamp feature to it "
-                   "(0 clamps to 0; the unsteered row is separate).")
+                   "(0 clamps to 0; the unsteered row is separate). A --clamp FEATURE with no value and no"
+                   " --values is clamped to 2 x its max activation on the reference text.")
+@click.option("--relative", is_flag=True,
+              help="Read the values (--values, or FEATURE=VALUE) as multiples of each feature's max activation.")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1, 256),
               help="Sampled continuations per setting (needs --temperature > 0); sample i uses the same "
                    "seeded random stream in every setting.")
@@ -58,7 +82,7 @@ def _png_path(out: str, plot: str | None) -> str:
 @click.option("--plot", "plot", default=None, type=OutputFile(),
               help="Where to save the plot PNG (default: the report's name with .png).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max_new_tokens, temperature, top_p, seed,
+def compare(model, sae, hook, device, prompts, clamps, values_text, relative, samples, max_new_tokens, temperature, top_p, seed,
             mode, no_bos, text_file, reference_samples, reference_length, no_facts, out, plot, as_json):
     """Continue prompts with and without features clamped, over a sweep of strengths, with metrics.
 
@@ -73,9 +97,6 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
 
     values = parse_clamp_values(values_text)
     pairs = [parse_feature_or_clamp(c) for c in clamps]
-    if values is None and any(v is None for _, v in pairs):
-        f = next(f for f, v in pairs if v is None)
-        raise SaesteerError(f"feature {f} has no clamp value; write --clamp {f}=VALUE or pass --values -20,0,20")
     if values is not None and any(v is not None for _, v in pairs):
         click.echo("note: --values replaces the values given in --clamp", err=True)
     if samples > 1 and temperature == 0:
@@ -83,6 +104,9 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
                             " all the same)")
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
+    if (values is None and any(v is None for _, v in pairs)) or relative:
+        pairs, values = _relative_settings(st, pairs, values, relative, text_file, reference_samples,
+                                           reference_length, quiet=as_json)
     cmp = run_compare(st, list(prompts) or [None], pairs, values=values, samples=samples, temperature=temperature,
                       top_p=top_p, seed=seed, max_new_tokens=max_new_tokens, mode=mode, prepend_bos=not no_bos,
                       facts=False if no_facts else None, reference_text=text_file,
@@ -113,7 +137,8 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
 @model_options
 @click.argument("feature", type=int)
 @click.option("--values", "values_text", default=None, metavar="V1,V2,...",
-              help="Clamp values of the steered samples [default: -20,10,20,40].")
+              help="Absolute clamp values of the steered samples [default: -2,1,2,4 x the feature's max activation].")
+@click.option("--relative", is_flag=True, help="Read --values as multiples of the feature's max activation.")
 @click.option("--prompt", default=None, help="Prompt of the steered samples (default: BOS alone).")
 @click.option("--max-new-tokens", default=20, show_default=True, type=click.IntRange(0, 4096))
 @click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
@@ -125,7 +150,7 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, samples, max
               help="Contexts where the feature is most active.")
 @click.option("--out", "out", default=None, type=OutputFile(), help="Also write the card as HTML.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def feature(model, sae, hook, device, feature, values_text, prompt, max_new_tokens, mode, text_file,
+def feature(model, sae, hook, device, feature, values_text, relative, prompt, max_new_tokens, mode, text_file,
             reference_samples, reference_length, top_n, n_contexts, out, as_json):
     """A feature card: decoder norm, logit lens, firing words, steered samples, top contexts."""
     from saesteer.evaluation.compare import parse_clamp_values
@@ -134,6 +159,15 @@ def feature(model, sae, hook, device, feature, values_text, prompt, max_new_toke
     values = parse_clamp_values(values_text)
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
+    st.sae.check_feature(feature)
+    if values is None or relative:
+        multiples = values if values is not None else list(DEFAULT_MULTIPLES)
+        scale = feature_scale(st, [feature], reference_text=text_file, reference_samples=reference_samples,
+                              reference_length=reference_length, progress=not as_json)
+        values = [scale.value(feature, m) for m in multiples]
+        if not as_json:
+            click.echo(f"{scale.describe(feature)}; steered samples at " + ", ".join(
+                f"{m:g} x = {v:.4g}" for m, v in zip(multiples, values)) + " (--values V1,V2 for absolute values)")
     card = feature_card(st, feature, values=values, prompt=prompt, max_new_tokens=max_new_tokens, mode=mode,
                         reference_text=text_file, reference_samples=reference_samples,
                         reference_length=reference_length, n_tokens=top_n, n_contexts=n_contexts,

@@ -15,8 +15,9 @@ from saesteer.steering.clamp import MODES
 @model_options
 @click.option("--features", default="all", show_default=True,
               help="START:STOP (STOP exclusive), a list like 0:100,512, or all.")
-@click.option("--values", "values", multiple=True, default=("20",), show_default=True, metavar="V[,V...]",
-              help="Clamp values (repeatable, comma lists allowed, e.g. --values -20,10,20).")
+@click.option("--values", "values", multiple=True, default=(), metavar="V[,V...]",
+              help="Absolute clamp values (repeatable, comma lists allowed, e.g. --values -20,10,20)"
+                   " [default: 2 x each feature's max activation, i.e. --relative --values 2].")
 @click.option("--relative", is_flag=True,
               help="Read --values as multiples of each feature's max activation on the reference text.")
 @click.option("--prompt", default=None, help="Text to continue; without it, generation starts from BOS alone.")
@@ -58,6 +59,12 @@ def sweep(model, sae, hook, device, features, values, relative, prompt, max_new_
     from saesteer.sweep.runner import Sweep
     from saesteer.sweep.spec import parse_shard
 
+    if not values:  # the default strength is in each feature's own units
+        from saesteer.strength import DEFAULT_MULTIPLE
+
+        values, relative = (f"{DEFAULT_MULTIPLE:g}",), True
+        click.echo(f"values: {DEFAULT_MULTIPLE:g} x each feature's max activation on the reference text"
+                   " (--values V for absolute values)", err=True)
     shard_t = parse_shard(shard)
     if ray_address is None and (workers is not None or gpus_per_worker):
         raise click.UsageError("--workers and --gpus-per-worker go with --ray")

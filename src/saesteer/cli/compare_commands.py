@@ -104,7 +104,12 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, relative, sa
                             " all the same)")
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
-    if (values is None and any(v is None for _, v in pairs)) or relative:
+    bare = values is None and any(v is None for _, v in pairs)
+    if (bare or relative) and no_facts:
+        f = next((f for f, v in pairs if v is None), pairs[0][0])
+        raise SaesteerError(f"feature {f} has no clamp value and --no-facts leaves no scale to take one from;"
+                            f" write --clamp {f}=VALUE, or drop --no-facts for 2 x its max activation")
+    if bare or relative:
         pairs, values = _relative_settings(st, pairs, values, relative, text_file, reference_samples,
                                            reference_length, quiet=as_json)
     cmp = run_compare(st, list(prompts) or [None], pairs, values=values, samples=samples, temperature=temperature,

@@ -152,6 +152,7 @@ class Steerer:
         """Run a prompt once; return the next predicted token and the activation at the hook."""
         name = hook or self._need_hook()
         ids = self.tokens(prompt, prepend_bos=prepend_bos)
+        self.lm.check_fits(len(ids))
         with record(self.lm.model, name) as rec:
             logits = self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device)).logits
         nxt = int(logits[0, -1].argmax())
@@ -200,6 +201,7 @@ class Steerer:
         if rows is not None and len(rows) != len(prompts):
             raise SaesteerError(f"rows gives {len(rows)} clamp sets for {len(prompts)} prompts")
         ids = [self.tokens(p, prepend_bos=prepend_bos) for p in prompts]
+        self.lm.check_fits(max(map(len, ids), default=0), max_new_tokens)
         edits = self._edits(clamps, rows, mode, edit)
         out = generate_ids(self.lm.model, ids, config, edits=edits, eos_token_id=self.lm.eos_token_id,
                            pad_token_id=self.lm.pad_token_id, on_step=on_step, engine=self.engine, dtype=dtype,

@@ -38,6 +38,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def check_utf8(text: str, what: str = "the prompt") -> None:
+    """One-line error for text that is not valid Unicode, e.g. bytes that were not UTF-8 in a command-line
+    argument (Python keeps them as lone surrogates, which no tokenizer accepts)."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = ord(str(text)[exc.start])
+        shown = f"byte 0x{bad - 0xDC00:02x}" if 0xDC80 <= bad <= 0xDCFF else f"U+{bad:04X}"
+        raise SaesteerError(f"{what} is not valid UTF-8 text ({shown} at character {exc.start}); pass UTF-8"
+                            " (check the encoding of your terminal or file)") from None
+
+
 @dataclass
 class LoadedModel:
     """A causal LM in eval mode with the facts steering needs: tokenizer, BOS/EOS/pad ids, device, name."""
@@ -57,10 +69,27 @@ class LoadedModel:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def max_positions(self) -> int | None:
+        """The model's context length (learned position embeddings or the configured maximum), if it has one."""
+        cfg = getattr(self.model, "config", None)
+        return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+
+    def check_fits(self, n_tokens: int, max_new_tokens: int = 0) -> None:
+        """One-line error unless a prompt of ``n_tokens`` plus ``max_new_tokens`` fits in the model's positions
+        (the last new token needs no position of its own)."""
+        limit = self.max_positions
+        if limit is not None and n_tokens + max(max_new_tokens - 1, 0) > limit:
+            extra, fix = (f" + max_new_tokens ({max_new_tokens})", " or generate fewer tokens") if max_new_tokens \
+                else ("", "")
+            raise SaesteerError(f"the prompt ({n_tokens} tokens){extra} does not fit in the model's {limit}"
+                                f" positions; shorten the prompt{fix}")
+
     def encode(self, text: str, *, prepend_bos: bool = True) -> list[int]:
         """Token ids of ``text``, with the BOS token in front by default (as TransformerLens does)."""
         if self.tokenizer is None:
             raise SaesteerError("this model has no tokenizer; pass token ids, or load it with a tokenizer")
+        check_utf8(text)
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
         if prepend_bos:
             if self.bos_token_id is None:

@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= test,oracle,web,docs,ray
+EXTRAS ?= test,oracle,web,docs,ray,interop
 
 .PHONY: setup test demo bench docs clean
 

@@ -41,6 +41,8 @@ NORMALIZATIONS = {
 }
 """SAELens ``normalize_activations`` -> what acts at run time on a saved SAE."""
 _SAELENS_KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")
+SAELENS_SCHEMA = "6.0.0"
+"""The SAELens config schema :func:`save_sae` writes."""
 _GATED_KEYS = ("W_enc", "b_gate", "b_mag", "r_mag", "W_dec", "b_dec")
 
 
@@ -117,9 +119,14 @@ def _architecture(cfg: dict, act_fn, source: str) -> tuple[str, int | None]:
 
 
 def config_to_dict(sae: SAE) -> dict:
-    """What :func:`save_sae` writes to ``cfg.json``: SAELens keys, readable by both of its schemas."""
+    """What :func:`save_sae` writes to ``cfg.json``: the SAELens 6 schema (facts about use under ``metadata``,
+    which names the schema version so that SAELens does not read it as a pre-6.0 config), plus the pre-6.0 keys
+    (``activation_fn_str``, top-level ``hook_name``) for older readers."""
     c = sae.cfg
     architecture = {v: k for k, v in ARCHITECTURES.items()}[c.activation]
+    metadata = {"sae_lens_version": SAELENS_SCHEMA, "sae_lens_training_version": SAELENS_SCHEMA,
+                "hook_name": c.hook_name, "model_name": c.extra.get("model_name"),
+                "neuronpedia_id": c.extra.get("neuronpedia_id")}
     return {
         "architecture": architecture,
         "d_in": c.d_in,
@@ -130,10 +137,12 @@ def config_to_dict(sae: SAE) -> dict:
         "hook_name": c.hook_name,
         "normalize_activations": c.normalize,
         "apply_b_dec_to_input": c.apply_b_dec_to_input,
+        "reshape_activations": "none",
         "dtype": dtype_name(sae.dtype),
         "device": "cpu",
         "model_name": c.extra.get("model_name"),
         "neuronpedia_id": c.extra.get("neuronpedia_id"),
+        "metadata": metadata,
     }
 
 

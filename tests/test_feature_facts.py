@@ -168,3 +168,45 @@ def test_sampled_text_is_reused_by_another_sae_of_the_same_model(tiny_loaded, tm
     with pytest.raises(AssertionError, match="sampled again"):  # another seed is another text
         ff.feature_facts(tiny_loaded, make_sae(d_sae=48, seed=4), "blocks.6.hook_resid_post", samples=2, length=4,
                          seed=9, cache_dir=tmp_path)
+
+
+def test_facts_of_some_blocks_equal_the_full_tables_rows(tiny_loaded, tmp_path):
+    """Issue 17 item 2: a first sweep of a few features computes their facts only, with the same numbers."""
+    from conftest import make_sae
+
+    sae = make_sae(d_sae=80, k=8, seed=5)
+    ref = ff.reference_from_text(tiny_loaded, TEXT * 3, length=16)
+    full = ff.compute_facts(tiny_loaded, sae, sae.hook_name, ref, block=16)
+    part = ff.compute_facts(tiny_loaded, sae, sae.hook_name, ref, block=16, blocks=[1, 4])
+    rows = list(range(16, 32)) + list(range(64, 80))
+    for name, t in full.tensors.items():
+        if name == "reference_tokens":
+            assert torch.equal(part.tensors[name], t)
+            continue
+        assert torch.equal(part.tensors[name][rows], t[rows]), name
+    assert all(part[j] == full[j] for j in rows) and part.words[20] == full.words[20]
+    fired = [j for j in range(80) if j not in rows and full[j].max_activation > 0]
+    assert fired and all(part[j].max_activation == 0 and not part[j].firing_words for j in fired)
+    assert part.meta["blocks"] == [1, 4] and "blocks" not in full.meta
+    assert ff.feature_blocks(range(20, 70), 80, 16) == [1, 2, 3, 4]
+    assert ff.feature_blocks(range(80), 80, 16) is None and ff.feature_blocks(None, 80) is None
+
+
+def test_a_sweep_computes_facts_for_the_blocks_it_sweeps(tiny_loaded, tmp_path, monkeypatch):
+    from conftest import make_sae
+
+    from saesteer import Steerer
+    from saesteer.sweep import Sweep
+
+    monkeypatch.setattr(ff, "BLOCK", 16)
+    sae = make_sae(d_sae=48, k=8, seed=6)
+    st = Steerer(tiny_loaded, sae)
+    ref = tmp_path / "ref.txt"
+    ref.write_text(TEXT)
+    sw = Sweep(st, features="17:20", values=[5], reference_text=ref, cache_dir=tmp_path / "c", max_new_tokens=3)
+    results = sw.results()
+    full = Sweep(st, features="0:48", values=[5], reference_text=ref, cache_dir=tmp_path / "c", max_new_tokens=3)
+    assert sw.facts.meta["blocks"] == [1] and "blocks" not in full.facts.meta
+    assert all(sw.facts[j] == full.facts[j] for j in range(16, 32))
+    by = {(r.feature, r.value): r for r in full.results()}
+    assert all(r.metrics == by[(r.feature, r.value)].metrics for r in results)

@@ -22,11 +22,15 @@ def residual_directions(model, hook: str, directions: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def logit_lens(model, sae, hook: str, *, n: int = 16, chunk: int = 1024) -> dict[str, Tensor]:
-    """Top and bottom ``n`` tokens of every feature's decoder direction: ``lens_{top,bottom}_{ids,vals}``."""
+def logit_lens(model, sae, hook: str, *, n: int = 16, chunk: int = 1024,
+               starts: Sequence[int] | None = None) -> dict[str, Tensor]:
+    """Top and bottom ``n`` tokens of every feature's decoder direction: ``lens_{top,bottom}_{ids,vals}``.
+
+    ``starts``: only the ``chunk``-row blocks that start there (rows in that order); each block is computed
+    exactly as in the full pass."""
     W = sae.W_dec
     tops, topv, bots, botv = [], [], [], []
-    for s in range(0, W.shape[0], chunk):
+    for s in (range(0, W.shape[0], chunk) if starts is None else starts):
         d = residual_directions(model, hook, W[s:s + chunk].to(next(model.parameters()).dtype))
         logits = unembed_directions(model, d).float()
         k = min(n, logits.shape[-1])
@@ -62,13 +66,15 @@ def hook_activations(model, hook: str, tokens: Tensor) -> Tensor:
 
 @torch.no_grad()
 def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[int] = (), k: int = 32,
-                 seqs_per_forward: int = 16, progress: bool = False) -> dict[str, Tensor]:
+                 seqs_per_forward: int = 16, progress: bool = False,
+                 columns: Tensor | None = None) -> dict[str, Tensor]:
     """Each feature's ``k`` largest activations over ``tokens [n, T]`` (``example_vals``/``example_index``,
     flat indices, -1 where it fired fewer times), ``max_act`` and ``frequency``. Tokens in ``skip_ids``
-    (BOS) are left out."""
+    (BOS) are left out. ``columns``: only these features (rows of the result, in that order), each with
+    exactly the numbers of the full pass (every column's running top-k is its own)."""
     from tqdm.auto import tqdm
 
-    F = sae.d_sae
+    F = sae.d_sae if columns is None else int(columns.numel())
     n, T = tokens.shape
     k = min(k, n * T)
     dev = sae.device  # the running top-k stays where the SAE is (a GPU sends back [k, F] once, at the end)
@@ -76,7 +82,8 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
     run_idx = torch.full((k, F), -1, dtype=torch.long, device=dev)
     active = torch.zeros(F, dtype=torch.long, device=dev)
     counted = 0
-    chunk = max(64, (1 << 25) // F)  # tokens per encode: [chunk, F] floats stay near 128 MB
+    chunk = max(64, (1 << 25) // sae.d_sae)  # tokens per encode: [chunk, d_sae] floats stay near 128 MB
+    cols = None if columns is None else columns.to(dev)
     skip = torch.tensor(sorted(set(int(s) for s in skip_ids)), dtype=torch.long)
     bar = tqdm(total=n, desc="feature activations", unit="seq", disable=not progress, leave=False)
     for s in range(0, n, seqs_per_forward):
@@ -89,6 +96,8 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
             x = x_all[c:c + chunk].to(dev)
             keep = keep_all[c:c + chunk].to(dev)
             z = sae.encode(x).float()
+            if cols is not None:
+                z = z[:, cols]
             z[~keep] = 0
             z.clamp_(min=0)
             active += (z > 0).sum(0)

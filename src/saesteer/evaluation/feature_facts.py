@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.activations import firing_stats, hook_activations, logit_lens, residual_directions
@@ -74,14 +75,52 @@ def _cached_sample(lm, directory: Path, *, samples: int, length: int, seed: int,
     return reference
 
 
+BLOCK = 1024
+"""Facts are computed in blocks of this many features (the logit lens's chunk): a block is computed the same
+way whether alone or with all the others, so facts of some blocks equal the full table's rows."""
+
+
+def feature_blocks(features, d_sae: int, block: int | None = None) -> list[int] | None:
+    """The blocks (of ``block`` features, default :data:`BLOCK`) holding ``features`` (sorted), or None when
+    they are all the SAE's blocks (or ``features`` is None)."""
+    block = block or BLOCK
+    if features is None:
+        return None
+    blocks = sorted({int(f) // block for f in features})
+    return None if len(blocks) == -(-d_sae // block) else blocks
+
+
+def _scatter(part: Tensor, rows: Tensor, n: int, fill) -> Tensor:
+    out = torch.full((n, *part.shape[1:]), fill, dtype=part.dtype)
+    out[rows] = part
+    return out
+
+
 def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 16, n_words: int = 16,
-                  n_lens: int = 16, n_examples: int = 32, progress: bool = False) -> FactsTable:
-    """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``."""
+                  n_lens: int = 16, n_examples: int = 32, progress: bool = False, blocks: list[int] | None = None,
+                  block: int | None = None) -> FactsTable:
+    """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``.
+
+    ``blocks``: only the features of these blocks of ``block`` features (the first sweep of a new SAE then
+    pays for the features it sweeps, not for all of them); the other rows are empty (never fired, no
+    tokens) and the computed rows equal the full table's exactly."""
     text_of, memo = token_text_fn(lm)
     tokens = reference.tokens
+    F = sae.d_sae
+    block = block or BLOCK
     skip = [t for t in (lm.bos_token_id,) if t is not None]
-    stats = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress)
-    lens = logit_lens(lm.model, sae, hook, n=n_lens)
+    if blocks is None:
+        rows = None
+        stats = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress)
+        lens = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block)
+    else:
+        rows = torch.cat([torch.arange(b * block, min((b + 1) * block, F)) for b in blocks])
+        part = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress,
+                            columns=rows)
+        fills = {"example_vals": 0.0, "example_index": -1, "max_act": 0.0, "frequency": 0.0}
+        stats = {k: _scatter(v, rows, F, fills[k]) for k, v in part.items()}
+        part = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block, starts=[b * block for b in blocks])
+        lens = {k: _scatter(v, rows, F, -1 if k.endswith("ids") else 0.0) for k, v in part.items()}
     # The word of every reference token, computed once per position.
     flat_ids = tokens.reshape(-1).tolist()
     flat_words: list[str | None] = []
@@ -89,7 +128,6 @@ def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 1
         flat_words.extend(token_words(tokens_in_context(lm.decode, row)))
     ex_idx = stats["example_index"].tolist()
     ex_val = stats["example_vals"].tolist()
-    F = sae.d_sae
     fire_ids = torch.full((F, n_tokens), -1, dtype=torch.int32)
     fire_vals = torch.zeros(F, n_tokens)
     words: list[list[str]] = []
@@ -111,6 +149,7 @@ def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 1
         words.append(seen_w)
     used = set(fire_ids[fire_ids >= 0].tolist()) | set(lens["lens_top_ids"].reshape(-1).tolist()) | set(
         lens["lens_bottom_ids"].reshape(-1).tolist())
+    used.discard(-1)
     for t in used:
         text_of(int(t))
     tensors = {"max_act": stats["max_act"], "frequency": stats["frequency"], "fire_ids": fire_ids,
@@ -122,6 +161,8 @@ def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 1
             "reference": reference.description, "d_sae": F,
             "settings": {"n_tokens": n_tokens, "n_words": n_words, "n_lens": n_lens, "n_examples": n_examples},
             "digest": table_digest(tensors, words)}
+    if blocks is not None:
+        meta["blocks"], meta["block"] = list(blocks), block
     return FactsTable(tensors, words, {int(k): v for k, v in memo.items() if k in used}, meta)
 
 
@@ -129,8 +170,10 @@ DEFAULT_SETTINGS = {"n_tokens": 16, "n_words": 16, "n_lens": 16, "n_examples": 3
 
 
 def facts_key(model, sae, hook: str, *, reference_text: str | os.PathLike | None = None, samples: int = 256,
-              length: int = 64, seed: int = 0, temperature: float = 1.0, **settings) -> tuple[str, dict]:
-    """The cache key of these facts (and the full settings): cheap, computed without building the facts."""
+              length: int = 64, seed: int = 0, temperature: float = 1.0, features=None,
+              **settings) -> tuple[str, dict]:
+    """The cache key of these facts (and the full settings): cheap, computed without building the facts.
+    ``features``: facts of the blocks holding them only (:func:`feature_blocks`); all blocks is the full key."""
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise TypeError(f"unknown settings: {sorted(unknown)}")
@@ -139,19 +182,24 @@ def facts_key(model, sae, hook: str, *, reference_text: str | os.PathLike | None
                "hook": hook, "reference": reference_key(reference_text=reference_text, samples=samples,
                                                         length=length, seed=seed, temperature=temperature),
                "settings": full}
+    blocks = feature_blocks(features, sae.d_sae)
+    if blocks is not None:
+        key_obj["blocks"] = blocks
     return hashlib.sha256(json.dumps(key_obj, sort_keys=True).encode()).hexdigest()[:24], full
 
 
 def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str | os.PathLike | None = None,
                   samples: int = 256, length: int = 64, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                   use_cache: bool = True, progress: bool = False, engine: str = "auto", temperature: float = 1.0,
-                  **settings) -> FactsTable:
+                  features=None, **settings) -> FactsTable:
     """The :class:`FactsTable` of ``sae`` at ``hook`` on ``lm``, from the cache or computed (and cached).
 
     ``lm``: a ``LoadedModel`` or a ``Steerer`` (then ``sae``/``hook`` default to its own).
     ``reference_text``: a text file; None samples ``samples`` x ``length`` tokens from the model (seeded, at
     ``temperature``).
     ``settings``: ``n_tokens``, ``n_words``, ``n_lens``, ``n_examples`` (see :func:`compute_facts`).
+    ``features``: only the blocks of features holding these are computed (the rows of the others are
+    empty); the facts of those features equal the full table's.
     """
     if hasattr(lm, "lm") and hasattr(lm, "sae"):  # a Steerer
         sae = sae if sae is not None else lm.sae
@@ -162,7 +210,7 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
     if reference_text is not None and not Path(reference_text).is_file():
         raise SaesteerError(f"reference text file not found: {reference_text}")
     key, defaults = facts_key(lm.model, sae, hook, reference_text=reference_text, samples=samples, length=length,
-                              seed=seed, temperature=temperature, **settings)
+                              seed=seed, temperature=temperature, features=features, **settings)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = folder / "feature_facts" / key
     if use_cache and FactsTable.exists(folder):
@@ -178,7 +226,8 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
     else:
         reference = _cached_sample(lm, folder.parent.parent / "reference", samples=samples, length=length, seed=seed,
                                    engine=engine, progress=progress, use_cache=use_cache, temperature=temperature)
-    table = compute_facts(lm, sae, hook, reference, progress=progress, **defaults)
+    table = compute_facts(lm, sae, hook, reference, progress=progress, blocks=feature_blocks(features, sae.d_sae),
+                          **defaults)
     table.meta["key"] = key
     if use_cache:
         table.save(folder)

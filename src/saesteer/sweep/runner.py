@@ -192,7 +192,11 @@ class Sweep:
             return self._facts.meta.get("key") or self._facts.digest
         return facts_key(self.lm.model, self.sae, self.hook, reference_text=self._reference["reference_text"],
                          samples=self._reference["samples"], length=self._reference["length"],
-                         seed=self._reference["seed"])[0]
+                         seed=self._reference["seed"], features=self._selected())[0]
+
+    def _selected(self) -> list[int]:
+        """Every selected feature (all shards'): the feature facts are computed for their blocks only."""
+        return [f for a, b in self.ranges for f in range(a, b)]
 
     @property
     def spec(self) -> SweepSpec:
@@ -217,7 +221,8 @@ class Sweep:
             r = self._reference
             self._facts = feature_facts(self.lm, self.sae, self.hook, reference_text=r["reference_text"],
                                         samples=r["samples"], length=r["length"], seed=r["seed"],
-                                        cache_dir=self._cache_dir, progress=self.progress, engine=self.steerer.engine)
+                                        cache_dir=self._cache_dir, progress=self.progress, engine=self.steerer.engine,
+                                        features=self._selected())
         return self._facts
 
     def _generate(self, rows: list[list[tuple[int, float]]] | None, n: int) -> list[list[int]]:

@@ -112,7 +112,7 @@ def _csv(values) -> str:
     return ",".join(f"{x:g}" for x in values)
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def parse_value_list(text: str) -> tuple[float, ...]:
     """``"2,3,4"`` -> (2.0, 3.0, 4.0); ``""`` -> ()."""
     from saesteer.steering.values import check_value
 
@@ -159,7 +159,7 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
     from saesteer.validation import REPORT_KEYS, validate as run_validation
 
     v = run_validation(model=model, hook=hook, latents=latents, k=k, tokens=tokens, epochs=epochs,
-                       seed=seed, prompt=prompt, values=_floats(values), relative_values=_floats(relative_values),
+                       seed=seed, prompt=prompt, values=parse_value_list(values), relative_values=parse_value_list(relative_values),
                        max_new_tokens=max_new_tokens, reference_samples=reference_samples,
                        reference_temperature=reference_temperature, features=features, out=out, progress=not quiet)
     if as_json:

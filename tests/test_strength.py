@@ -1,75 +1,54 @@
-"""Default strengths in each feature's own units (issue 14, item 2), on the embedded stories260K model."""
-
-import json
+"""The per-feature strength search: the points it returns are checked, and bisection narrows them."""
 
 import pytest
 
-from saesteer import Steerer
-from saesteer.cli.main import run
-from saesteer.strength import DEFAULT_MULTIPLE, DEFAULT_MULTIPLES, feature_scale
+from saesteer.errors import SaesteerError
+from saesteer.evaluation.feature_facts import feature_facts
+from saesteer.evaluation.strength import strength_search
+from saesteer.evaluation.text_metrics import mean_logprob
 
-EMB = ["--model", "stories260K", "--sae", "stories260K"]
-REF = ["--reference-samples", "16", "--reference-length", "32"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("facts_cache")
-
-
-@pytest.fixture(autouse=True)
-def shared_cache(cache, monkeypatch):
-    monkeypatch.setenv("SAESTEER_CACHE", str(cache))
+REF = ("Once upon a time a little dragon lived in a cave by the sea. Every morning the dragon flew over the "
+       "village and the children waved. The king of the village was afraid of the dragon, but his daughter was not.")
 
 
 @pytest.fixture(scope="module")
-def st():
-    return Steerer("stories260K", "stories260K")
+def steerer(gpt2_tokenizer):
+    from conftest import make_sae, make_tiny_gpt2
+
+    from saesteer import Steerer
+
+    model = make_tiny_gpt2(n_layer=2, d_model=32, n_head=2, seed=0)
+    sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=1)
+    return Steerer(model, sae, tokenizer=gpt2_tokenizer)
 
 
-def test_batch_defaults_to_twice_each_features_peak(st, tmp_path, capsys):
-    out = tmp_path / "b.txt"
-    assert run(["batch", *EMB, "--features", "10:14", "--out", str(out)]) == 0
-    assert "max activation" in capsys.readouterr().err
-    scale = feature_scale(st, range(10, 14))
-    lines = dict(line.split("\t", 1) for line in out.read_text().splitlines())
-    for f in range(10, 14):
-        assert lines[str(f)] == st.generate(None, clamps={f: DEFAULT_MULTIPLE * scale.max_activation[f]}).text
-    assert run(["batch", *EMB, "--features", "10:11", "--value", "20", "--out", str(out)]) == 0  # absolute
-    assert out.read_text().split("\t", 1)[1].strip() == st.generate(None, clamps={10: 20.0}).text
-
-
-def test_feature_card_samples_at_multiples_of_its_peak(st, capsys):
-    assert run(["feature", "7", *EMB, *REF, "--json", "--max-new-tokens", "4", "--contexts", "0"]) == 0
-    card = json.loads(capsys.readouterr().out)
-    peak = card["max_activation"]
-    assert 0 < peak < 10
-    assert [s["value"] for s in card["samples"]] == pytest.approx([m * peak for m in DEFAULT_MULTIPLES])
-    assert run(["feature", "7", *EMB, *REF, "--max-new-tokens", "4", "--contexts", "0"]) == 0
-    assert f"max activation {peak:.3g}" in capsys.readouterr().out
-
-
-def test_compare_bare_feature_gets_the_default_strength(capsys):
-    assert run(["compare", *EMB, *REF, "--clamp", "7", "--prompt", "Once upon a time", "--json",
-                "--max-new-tokens", "4"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    steered = out["prompts"][0]["settings"][0]["clamps"]
-    peak = out["cards"][0]["max_activation"]
-    assert steered == [{"feature": 7, "value": pytest.approx(DEFAULT_MULTIPLE * peak)}]
-
-
-def test_sweep_defaults_to_relative_values(tmp_path, capsys):
-    out = tmp_path / "sw"
-    assert run(["sweep", *EMB, "--features", "0:4", "--max-new-tokens", "3", "--reference-samples", "16",
-                "--reference-length", "32", "--quiet", "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    text = json.dumps(manifest)
-    assert '"relative": true' in text and "max activation" in capsys.readouterr().err
-
-
-def test_a_feature_that_never_fires_has_no_relative_scale(st):
-    from saesteer.errors import SaesteerError
-    from saesteer.strength import Scale
-
-    with pytest.raises(SaesteerError, match="never fires"):
-        Scale({3: 0.0}, "text").value(3, 2.0)
+def test_strengths_change_the_text_and_stay_fluent(steerer, tmp_path):
+    ref = tmp_path / "ref.txt"
+    ref.write_text(REF)
+    facts = feature_facts(steerer, reference_text=ref, cache_dir=tmp_path / "c")
+    features = list(range(12))
+    found = strength_search(steerer, features, facts, max_new_tokens=8, lo=0.25, hi=64.0, steps=3)
+    assert [s.feature for s in found] == features
+    base = steerer.generate(None, max_new_tokens=8)
+    lm = steerer.lm
+    base_flu = mean_logprob(lm.model, base.prompt_tokens, [base.tokens], pad_token_id=lm.pad_token_id)[0]
+    changed = [s for s in found if s.change is not None]
+    assert changed, "some feature changes the text within 0.25 .. 64 x its max activation"
+    for s in found:
+        if s.max_activation == 0:
+            assert s.change is None and s.fluent is None and s.best is None
+            continue
+        if s.change is not None:
+            assert 0.25 <= s.change <= 64.0
+            g = steerer.generate(None, clamps={s.feature: s.change * s.max_activation}, max_new_tokens=8)
+            assert list(g.tokens) != list(base.tokens)
+        if s.fluent is not None:
+            assert s.change is not None and s.change <= s.fluent <= 64.0
+            g = steerer.generate(None, clamps={s.feature: s.fluent * s.max_activation}, max_new_tokens=8)
+            flu = mean_logprob(lm.model, g.prompt_tokens, [g.tokens], pad_token_id=lm.pad_token_id)[0]
+            assert base_flu - flu <= 1.0 or list(g.tokens) == list(base.tokens)
+            assert s.best == s.fluent
+    with pytest.raises(SaesteerError):
+        strength_search(steerer, [0], facts, lo=2.0, hi=1.0)

@@ -262,13 +262,14 @@ def run_truth(model, sae, feats, args):
     return generate, 128
 
 
-ABLATION = [  # (label, dtype, knobs): each row adds one optimisation to the one before
+ABLATION = [  # (label, dtype, FastOptions fields): each row adds one optimisation to the one before
     ("tight loop: static cache, 64 rows, F.linear (MKL), full encode, float32 unembedding", "float32",
-     dict(pack=False, batch=64, topk_stride=1, unembed_screen=False, share=False)),
-    ("+ oneDNN pre-packed weights", "float32", dict(batch=64, topk_stride=1, unembed_screen=False, share=False)),
-    ("+ batch chosen from memory", "float32", dict(topk_stride=1, unembed_screen=False, share=False)),
-    ("+ TopK threshold bound (encode 1/16 of the latents)", "float32", dict(unembed_screen=False, share=False)),
-    ("+ exact bfloat16 screen of the logits", "float32", dict(share=False)),
+     dict(pack_weights=False, batch_size=64, topk_screen_stride=1, unembed_screen=False, share_prefixes=False)),
+    ("+ oneDNN pre-packed weights", "float32",
+     dict(batch_size=64, topk_screen_stride=1, unembed_screen=False, share_prefixes=False)),
+    ("+ batch chosen from memory", "float32", dict(topk_screen_stride=1, unembed_screen=False, share_prefixes=False)),
+    ("+ TopK threshold bound (encode 1/16 of the latents)", "float32", dict(unembed_screen=False, share_prefixes=False)),
+    ("+ exact bfloat16 screen of the logits", "float32", dict(share_prefixes=False)),
     ("+ shared prefixes (= (c))", "float32", dict()),
     ("bfloat16, no re-scoring", "bfloat16", dict(rescore=0)),
     ("bfloat16, top 8 re-scored in float32 (= (d))", "bfloat16", dict()),
@@ -276,27 +277,25 @@ ABLATION = [  # (label, dtype, knobs): each row adds one optimisation to the one
 
 
 def run_ablation(model, sae, feats, args):
-    """saesteer with its optimisations switched on one at a time (same process, same inputs)."""
+    """saesteer with its optimisations switched on one at a time (same process, same inputs), each through
+    an explicit ``FastOptions``."""
     import torch
 
-    from saesteer.engine import GenerationConfig, fast, kernels
+    from saesteer.engine import GenerationConfig, fast
+    from saesteer.engine.options import FastOptions
     from saesteer.steering.clamp import SAEClamp
 
     config = GenerationConfig(max_new_tokens=args.tokens)
     rows = []
     for label, dtype_name, knobs in ABLATION:
-        kernels.PACK_WEIGHTS = knobs.get("pack", True)
-        fast.TOPK_SCREEN_STRIDE = knobs.get("topk_stride", 16)
-        fast.UNEMBED_SCREEN = knobs.get("unembed_screen", True)
+        options = FastOptions(**{"batch_size": args.batch, **knobs})
         fast.clear_cache()
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
 
         def generate(fs):
             clamp = SAEClamp(sae, rows=[{f: args.value} for f in fs], mode=args.mode)
             return fast.generate_ids_fast(model, [[BOS]] * len(fs), config, edits=[(HOOK, clamp)], eos_token_id=BOS,
-                                          pad_token_id=BOS, dtype=dtype, batch_size=knobs.get("batch", args.batch),
-                                          share_prefixes=knobs.get("share", True),
-                                          rescore=knobs.get("rescore", fast.DEFAULT_RESCORE))
+                                          pad_token_id=BOS, dtype=dtype, options=options)
 
         generate(feats[:8])
         best, tokens = float("inf"), None

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from conftest import make_sae, make_tiny_gpt2
-from saesteer.engine import fast
+from saesteer.engine import fast, token_choice
+from saesteer.engine.fused_clamp import FusedClamp
+from saesteer.engine.options import FastOptions
+from saesteer.engine.packs import SAEPack, sae_pack
+from saesteer.engine.token_choice import top_tokens
 from saesteer.engine import generate_ids as dispatch_generate_ids
 from saesteer.engine.generate import GenerationConfig, full_forward_argmax, generate_ids, left_pad, positions_from_mask
 from saesteer.engine.kernels import neg_inf_bias
@@ -308,7 +312,7 @@ def test_fused_clamp_equals_sae_clamp(spec):
     active = (z > 0).float().mean((0, 1))
     j = int(((active - 0.5).abs()).argmin())
     clamp = SAEClamp(s, rows=[{j: 7.0}, {j: 0.0, 1: 3.0}, {}, {j: -2.0}], mode=mode)
-    fused = fast.FusedClamp(clamp, fast.sae_pack(s, torch.float32))
+    fused = FusedClamp(clamp, sae_pack(s, torch.float32))
     assert torch.allclose(fused(x), clamp(x), atol=1e-5)
     # shared: group activations fanned out to rows
     group = torch.tensor([1, 1, 0, 1])
@@ -328,12 +332,12 @@ def test_topk_threshold_screen_is_exact(dtype):
     j_off = int(active.argmin())
     rows = [{j_off: 20.0}, {j_mixed: 20.0}, {j_off: 5.0, j_mixed: -1.0}, {}, {j_off: 1.0}, {j_mixed: 3.0}]
     clamp = SAEClamp(s, rows=rows)
-    pack = fast.SAEPack(s, dtype, torch.device("cpu"), screen_stride=4)
+    pack = SAEPack(s, dtype, torch.device("cpu"), screen_stride=4)
     assert pack.screen is not None
     calls = []
     real = pack.encoder
     pack.encoder = lambda t, act="none": calls.append(t.shape[0]) or real(t, act)
-    out = fast.FusedClamp(clamp, pack)(x)
+    out = FusedClamp(clamp, pack)(x)
     assert calls and 0 < sum(calls) < 6 * 7  # some tokens needed the full encode, not all
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     assert torch.allclose(out, clamp(x), atol=tol)
@@ -346,12 +350,12 @@ def test_screened_float32_argmax_is_exact_including_fallback(gpt2, monkeypatch):
     g = torch.Generator().manual_seed(0)
     h = torch.randn(300, 64, generator=g)
     truth = dec.unembed(h).argmax(-1)
-    assert torch.equal(fast._greedy_f32(dec, h), truth)
+    assert torch.equal(token_choice.greedy_f32(dec, h), truth)
     used = []
     real = dec.unembed
-    monkeypatch.setattr(fast, "SCREEN_CANDIDATES", 1)  # a screen that rarely decides: the fallback runs
+    monkeypatch.setattr(token_choice, "SCREEN_CANDIDATES", 1)  # a screen that rarely decides: the fallback runs
     monkeypatch.setattr(dec, "full_unembed", lambda: (lambda x: used.append(x.shape[0]) or real(x)))
-    assert torch.equal(fast._greedy_f32(dec, h), truth)
+    assert torch.equal(token_choice.greedy_f32(dec, h), truth)
     assert used and sum(used) < h.shape[0]
 
 
@@ -360,7 +364,7 @@ def test_top_tokens_equals_topk():
     for V in (50257, 1000, 64 * 3):
         logits = torch.randn(7, V, generator=g).to(torch.bfloat16).float()
         logits[0, -1] = 100.0  # the winner in the ragged tail block
-        vals, idx = fast.top_tokens(logits, 9)
+        vals, idx = top_tokens(logits, 9)
         ref = logits.topk(9, dim=-1)
         assert torch.equal(vals, ref.values)
         assert torch.equal(logits.gather(1, idx), ref.values)
@@ -369,19 +373,16 @@ def test_top_tokens_equals_topk():
 
 def test_without_onednn_packing_and_after_weights_change(gpt2, sae, prompts, monkeypatch):
     """The plain ``F.linear`` fallback gives the same tokens; packed copies are rebuilt when a weight changes."""
-    from saesteer.engine import kernels
-
     def edits():
         return [(HOOK, SAEClamp(sae, rows=[{3: 20.0}, {}, {5: 9.0}, {}]))]
 
     cfg = GenerationConfig(max_new_tokens=5)
     ref = generate_ids(gpt2, prompts, cfg, edits=edits(), pad_token_id=EOS)
-    monkeypatch.setattr(kernels, "PACK_WEIGHTS", False)
+    unpacked = FastOptions(pack_weights=False)
     fast.clear_cache()
-    dec = fast.decoder_for(gpt2, torch.float32)
+    dec = fast.decoder_for(gpt2, torch.float32, unpacked)
     assert dec.layers[0]["fc"].packed is None
-    assert fast.generate_ids_fast(gpt2, prompts, cfg, edits=edits(), pad_token_id=EOS) == ref
-    monkeypatch.setattr(kernels, "PACK_WEIGHTS", True)
+    assert fast.generate_ids_fast(gpt2, prompts, cfg, edits=edits(), pad_token_id=EOS, options=unpacked) == ref
     fast.clear_cache()
     model = make_tiny_gpt2(n_layer=8, d_model=64, n_head=4, seed=0)
     before = fast.decoder_for(model, torch.float32)

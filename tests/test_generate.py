@@ -132,3 +132,51 @@ def test_a_dtype_the_reference_loop_cannot_honour_is_refused(tiny_gpt2):
     out = dispatch(tiny_gpt2, [[EOS]], GenerationConfig(max_new_tokens=2, stop_at_eos=False), engine="reference",
                    dtype="float32")
     assert len(out[0]) == 2
+
+
+def test_a_user_forward_hook_changes_steerer_generation_and_is_announced_once(tiny_loaded, caplog):
+    """A hook registered with plain ``register_forward_hook`` (the practical session's way of editing) changes
+    st.generate's text as it changes a forward pass: generation takes the reference loop, and says so once."""
+    import logging
+
+    from saesteer.steerer import Steerer
+    from saesteer.steering.hooks import edit
+
+    st = Steerer(tiny_loaded, hook="blocks.4.hook_resid_post")
+    plain = st.generate("Happiness is").tokens
+    with edit(st.model, "blocks.4.hook_resid_post", lambda a: -10 * a):
+        via_saesteer = st.generate("Happiness is").tokens
+
+    def negate(module, args, output):
+        if isinstance(output, tuple):
+            return (-10 * output[0],) + tuple(output[1:])
+        return -10 * output
+
+    handle = tiny_loaded.model.transformer.h[4].register_forward_hook(negate)
+    try:
+        with caplog.at_level(logging.WARNING, logger="saesteer"):
+            hooked = st.generate("Happiness is").tokens
+            again = st.generate("Happiness is").tokens
+    finally:
+        handle.remove()
+    assert hooked == again == via_saesteer != plain
+    told = [r for r in caplog.records if "reference loop" in r.getMessage()]
+    assert len(told) == 1 and "transformer.h.4" in told[0].getMessage()
+    assert st.generate("Happiness is").tokens == plain  # hook removed: fast engine again, same text as before
+
+
+def test_user_pre_hooks_and_global_hooks_are_detected(tiny_gpt2):
+    from saesteer.steering.hooks import user_hooks
+
+    assert user_hooks(tiny_gpt2) == []
+    handle = tiny_gpt2.transformer.h[1].attn.register_forward_pre_hook(lambda m, a: None)
+    try:
+        assert user_hooks(tiny_gpt2) == ["transformer.h.1.attn: forward pre hook"]
+    finally:
+        handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: None)
+    try:
+        assert user_hooks(tiny_gpt2) == ["global forward hook"]
+    finally:
+        handle.remove()
+    assert user_hooks(tiny_gpt2) == []

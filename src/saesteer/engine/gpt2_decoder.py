@@ -28,8 +28,10 @@ def gpt2_unsupported(model: nn.Module) -> str | None:
 
 
 class GPT2Decoder(Decoder):
-    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = True):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = True,
+                 pack: bool = True):
         cfg = model.config
+        self.pack = pack
         tr = model.transformer
         self.dtype, self.device = dtype, device
         model_dtype = tr.wte.weight.dtype
@@ -59,7 +61,8 @@ class GPT2Decoder(Decoder):
         self.wpe = tr.wpe.weight.detach().to(device)
 
         def lin(conv, rows_hint=256):
-            return Linear(conv.weight.detach().t(), conv.bias, dtype=dtype, device=device, rows_hint=rows_hint)
+            return Linear(conv.weight.detach().t(), conv.bias, dtype=dtype, device=device, rows_hint=rows_hint,
+                          pack=pack)
 
         self.layers = []
         for blk in tr.h:
@@ -79,7 +82,7 @@ class GPT2Decoder(Decoder):
         self.unembed_screen = None
         if screen and dtype == torch.float32 and device.type == "cpu" and onednn_linear_available(torch.bfloat16) \
                 and getattr(head, "bias", None) is None:
-            self.unembed_screen = Linear(self.unembed_weight, None, dtype=torch.bfloat16, device=device)
+            self.unembed_screen = Linear(self.unembed_weight, None, dtype=torch.bfloat16, device=device, pack=pack)
 
     def attn_scale(self, layer: int) -> float:
         return self._scale[layer]

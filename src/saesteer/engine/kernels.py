@@ -26,10 +26,6 @@ _ACTS = {
 
 _ONEDNN_STATE: dict[torch.dtype, bool] = {}
 
-PACK_WEIGHTS = True
-"""Pre-pack CPU weights for oneDNN (a switch for benchmarks' ablations; off means plain ``F.linear``)."""
-
-
 def onednn_linear_available(dtype: torch.dtype) -> bool:
     """True when pre-packed oneDNN linear works for ``dtype`` here (checked once, numerically)."""
     if dtype in _ONEDNN_STATE:
@@ -66,7 +62,7 @@ class Linear:
         self.bias = None if bias is None else bias.detach().to(device=device, dtype=dtype).contiguous()
         self.packed = None
         self.weight = w
-        if pack and PACK_WEIGHTS and device.type == "cpu" and onednn_linear_available(dtype):
+        if pack and device.type == "cpu" and onednn_linear_available(dtype):
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(w, rows_hint)
                 self.weight = None
@@ -85,6 +81,25 @@ class Linear:
         w = self.packed if self.packed is not None else self.weight
         n = self.out_features * self.in_features * w.element_size()
         return n + (0 if self.bias is None else self.bias.numel() * self.bias.element_size())
+
+
+_UNIT_ROUNDOFF = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+
+
+def dot_error_coefficient(K: int, dtype: torch.dtype) -> tuple[float, float]:
+    """Rounding error of a length-``K`` dot product computed from float32 inputs rounded to ``dtype``, with
+    float32 accumulation and the result rounded to ``dtype``: ``(c, u_out)`` such that
+    ``|computed - exact| <= c * sum_i |x_i w_i| + u_out * |computed| / (1 - u_out)``.
+
+    Both inputs are rounded (``(1+u)^2 - 1 = 2u + u^2``), every product is accumulated in float32
+    (``gamma_{K+2}``, two more terms than K for blocked/pairwise kernels), then the output is rounded
+    (``u_out``). float32 inputs are not rounded (u = 0) and the output's rounding is float32's ``2^-24``.
+    """
+    u = _UNIT_ROUNDOFF[dtype]
+    e = 2.0 ** -24
+    gamma = (K + 2) * e / (1 - (K + 2) * e)
+    c = 2 * u + u * u + gamma * (1 + u) ** 2
+    return c, (u if u else e)
 
 
 def blocked(fn, x: Tensor, rows: int) -> Tensor:
@@ -200,6 +215,8 @@ class Decoder:
     """A bfloat16 copy of the unembedding for exact screening of the float32 argmax (CPU), or None."""
 
     unembed_bias: Tensor | None = None
+    pack: bool = True
+    """CPU: weights pre-packed for oneDNN (``FastOptions.pack_weights``)."""
     _unembed: Linear | None = None
 
     @property
@@ -207,7 +224,8 @@ class Decoder:
         """The unembedding in the compute dtype, packed on first use (a float32 greedy run on CPU may never
         need it: its bfloat16 screen and float32 candidate scores decide almost every token)."""
         if self._unembed is None:
-            self._unembed = Linear(self.unembed_weight, self.unembed_bias, dtype=self.dtype, device=self.device)
+            self._unembed = Linear(self.unembed_weight, self.unembed_bias, dtype=self.dtype, device=self.device,
+                                  pack=self.pack)
         return self._unembed
 
     def full_unembed(self) -> Linear:

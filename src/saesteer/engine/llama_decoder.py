@@ -33,8 +33,10 @@ def llama_unsupported(model: nn.Module) -> str | None:
 
 
 class LlamaDecoder(Decoder):
-    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = False):
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = False,
+                 pack: bool = True):
         cfg = model.config
+        self.pack = pack
         inner = model.model
         self.dtype, self.device = dtype, device
         model_dtype = inner.embed_tokens.weight.dtype
@@ -56,7 +58,7 @@ class LlamaDecoder(Decoder):
             biases = [m.bias for m in mods]
             bias = None if all(b is None for b in biases) else torch.cat(
                 [b.detach() if b is not None else torch.zeros(m.weight.shape[0]) for m, b in zip(mods, biases)])
-            return Linear(weight, bias, dtype=dtype, device=device)
+            return Linear(weight, bias, dtype=dtype, device=device, pack=pack)
 
         def norm_weight(mod):
             return mod.weight.detach().to(device=device, dtype=self.resid_dtype)

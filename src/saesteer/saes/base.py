@@ -9,16 +9,29 @@ direction). Semantics follow OpenAI's reference ``Autoencoder`` where the two ag
   Both keep per-token stats ``(mu, s)`` (``mu = 0`` for the rescale) that decode must reuse.
 * encode: ``pre = (x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``, then the activation
   (``relu``; ``topk``: keep the k largest pre-activations, ReLU them; ``jumprelu``: ``pre * (pre > threshold)``).
+  TopK ties follow one rule (:func:`topk_keep`): among latents tied with the k-th largest, the lowest indices
+  are kept, so exactly k latents are kept.
 * decode: ``x_hat = z @ W_dec + b_dec``, then de-normalise.
 
 Families whose maths differ (gated, sparsify's groupmax and skip connection) subclass :class:`SAE` in their own
 module and say so with ``plain_maths`` False, so that code specialised to the plain maths (the fast engine)
 leaves them to the generic path.
+
+The contract with the fast engine (``engine/``): the engine never reads an SAE's config or re-does its
+maths. It calls :meth:`SAE.fused_encoder`; a family whose encoder fits the :class:`FusedEncoder` form
+returns one (the engine then packs its weights and skips work it can prove unnecessary, with the same
+result), and any other family returns None, in which case the engine calls the SAE's own
+``encode_with_stats``/``decode`` through the clamp. Normalisation is always the SAE's own
+(:meth:`SAE.norm_stats`, :meth:`SAE.normalize`, :meth:`SAE.denormalize`). A new family subclasses
+:class:`SAE`, overrides ``encode_pre_act``/``activate``/``decode`` as needed, and overrides
+``fused_encoder`` (return None unless its encoder really is the fused form); the default returns None
+whenever ``plain_maths`` is False.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +83,50 @@ class SAEConfig:
 
 NormStats = tuple[Tensor, Tensor] | None
 """Per-token ``(mu, std)`` of the input normalisation, each ``[..., 1]``; None without normalisation."""
+
+
+def topk_keep(pre: Tensor, k: int, *, branchless: bool = False) -> Tensor:
+    """Which latents TopK keeps, as a bool mask like ``pre``: the k largest along the last dim, and among
+    latents tied with the k-th largest the lowest indices (exactly k per token). The one tie rule of every
+    TopK SAE here, shared by ``SAE.activate`` and the fast engine. ``branchless``: no branch on values (for
+    CUDA graphs), same result."""
+    kth = pre.topk(k, dim=-1, sorted=False).values.min(dim=-1, keepdim=True).values
+    keep = pre >= kth
+    if not branchless and not bool((keep.sum(dim=-1) > k).any()):  # no ties at the k-th value (usual)
+        return keep
+    above = pre > kth
+    tied = keep & ~above
+    room = k - above.sum(dim=-1, keepdim=True)  # how many tied latents fit
+    return above | (tied & (tied.cumsum(dim=-1) <= room))
+
+
+@dataclass(frozen=True, eq=False)
+class FusedEncoder:
+    """An SAE's maths in the form the fast engine computes from packed weights (see the module docstring).
+
+    For raw activations ``x [..., d_in]`` of the owning ``sae``, with ``stats = sae.norm_stats(x)``::
+
+        x_in = sae.normalize(x, stats) - input_bias          (input_bias None: nothing subtracted)
+        pre  = x_in @ W_enc + b_enc                          [..., d_sae]
+        z    = relu(pre) * topk_keep(pre, k)                 when k is set (TopK)
+             = elementwise(pre_j, j) latent by latent        otherwise
+        x'   = sae.denormalize(z @ W_dec + b_dec, stats)
+
+    ``encode_with_stats``/``decode`` of the owning SAE must give exactly this; the engine relies on it.
+    """
+
+    W_enc: Tensor
+    """``[d_in, d_sae]``, the SAE's own tensor (not a copy)."""
+    b_enc: Tensor
+    W_dec: Tensor
+    """``[d_sae, d_in]``: row j is latent j's decoder direction."""
+    b_dec: Tensor
+    input_bias: Tensor | None
+    k: int | None = None
+    """TopK's k; None for an elementwise activation."""
+    elementwise: Callable[[Tensor, Tensor], Tensor] | None = None
+    """``(pre_j [..., m], idx [..., m]) -> z_j``: the activation of latents ``idx`` from their own
+    pre-activations (``idx`` broadcasts against ``pre_j``); None for TopK."""
 
 
 class SAE(nn.Module):
@@ -212,15 +269,32 @@ class SAE(nn.Module):
         return x_n @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor) -> Tensor:
-        """Latents from pre-activations, by the SAE's activation function."""
+        """Latents from pre-activations, by the SAE's activation function (TopK ties: :func:`topk_keep`)."""
         act = self.cfg.activation
-        if act == "relu":
-            return torch.relu(pre)
         if act == "topk":
-            values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
-            z = torch.zeros_like(pre)
-            return z.scatter_(-1, indices, torch.relu(values))
-        return pre * (pre > self.threshold)
+            return torch.relu(pre) * topk_keep(pre, self.cfg.k)
+        return self.activate_latents(pre, torch.arange(pre.shape[-1], device=pre.device))
+
+    def activate_latents(self, pre_j: Tensor, idx: Tensor) -> Tensor:
+        """Elementwise activations only: ``z_j`` of latents ``idx`` from their pre-activations ``pre_j``."""
+        if self.cfg.activation == "relu":
+            return torch.relu(pre_j)
+        if self.cfg.activation == "jumprelu":
+            return pre_j * (pre_j > self.threshold[idx])
+        raise SaesteerError(f"{self.cfg.activation} is not an elementwise activation")
+
+    def fused_encoder(self) -> FusedEncoder | None:
+        """This SAE's maths in the fast engine's fused form, or None when it has none (the engine then calls
+        ``encode_with_stats``/``decode``). Subclasses with another encoder must override this."""
+        c = self.cfg
+        if not self.plain_maths or c.activation not in ("relu", "topk", "jumprelu"):
+            return None
+        topk = c.activation == "topk"
+        return FusedEncoder(
+            W_enc=self.W_enc.detach(), b_enc=self.b_enc.detach(), W_dec=self.W_dec.detach(),
+            b_dec=self.b_dec.detach(), input_bias=self.b_dec.detach() if c.apply_b_dec_to_input else None,
+            k=c.k if topk else None, elementwise=None if topk else self.activate_latents,
+        )
 
     def encode_with_stats(self, x: Tensor) -> tuple[Tensor, NormStats]:
         """Latents ``[..., d_sae]`` and the normalisation stats that ``decode`` needs for these tokens."""

@@ -4,11 +4,18 @@
 * ``edit(model, name, fn)``: replace the activation with ``fn(act)`` (any function).
 * ``clamp(model, sae, clamps, mode=...)``: clamp SAE features (one, several, or per row).
 * ``hooks(model, edits)``: the general form, a list of ``(hook_name, fn)`` pairs.
+
+Which hooks are on a model is explicit: saesteer's own hooks are counted in ``ACTIVE_HOOKS`` (a registry
+owned here, queried by the engine), and ``user_hooks(model)`` lists every other forward hook or pre-hook
+on any submodule (``register_forward_hook`` and the like, TransformerLens-style hook functions). The fast
+engine does not run the Hugging Face modules, so while either kind is present ``generate`` takes the
+reference loop, where the hooks apply.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from typing import Iterable, Sequence
 
 import torch
@@ -25,12 +32,63 @@ def _unwrap(model):
     return getattr(model, "model", model) if not isinstance(model, torch.nn.Module) else model
 
 
-ACTIVE_ATTR = "_saesteer_active_hooks"
+class HookRegistry:
+    """How many saesteer hooks each model carries now (models are held weakly; nothing is set on them)."""
+
+    def __init__(self):
+        self._counts: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
+
+    def count(self, model) -> int:
+        return self._counts.get(_unwrap(model), 0)
+
+    @contextlib.contextmanager
+    def holding(self, model, n: int):
+        """Count ``n`` hooks on ``model`` for the duration of the block."""
+        module = _unwrap(model)
+        self._counts[module] = self.count(module) + n
+        try:
+            yield
+        finally:
+            left = self.count(module) - n
+            if left:
+                self._counts[module] = left
+            else:
+                self._counts.pop(module, None)
+
+
+ACTIVE_HOOKS = HookRegistry()
+"""saesteer's own hooks (``record``/``edit``/``clamp``/``hooks`` blocks) on each model."""
+
+OBSERVING_HOOKS = ("transformers.utils.output_capturing",)
+"""Modules whose hooks only observe (transformers' own output capturing): they do not count as user hooks."""
 
 
 def active_hook_count(model) -> int:
     """How many saesteer hooks are on ``model`` now (the fast engine defers to the reference loop if any)."""
-    return getattr(_unwrap(model), ACTIVE_ATTR, 0)
+    return ACTIVE_HOOKS.count(model)
+
+
+def _hook_origin(fn) -> str:
+    fn = getattr(fn, "func", fn)  # functools.partial
+    return getattr(fn, "__module__", None) or type(fn).__module__ or ""
+
+
+def user_hooks(model) -> list[str]:
+    """``"submodule: kind"`` for every forward hook or pre-hook on ``model`` or its submodules, and torch's
+    global module hooks, that saesteer did not place (transformers' observing hooks excluded)."""
+    found = []
+    global_hooks = {"global forward hook": torch.nn.modules.module._global_forward_hooks,
+                    "global forward pre-hook": torch.nn.modules.module._global_forward_pre_hooks}
+    for kind, table in global_hooks.items():
+        found += [kind for fn in table.values() if not _hook_origin(fn).startswith(OBSERVING_HOOKS)]
+    if ACTIVE_HOOKS.count(model):
+        return found + ["saesteer hooks"]
+    for name, sub in _unwrap(model).named_modules():
+        for kind in ("_forward_pre_hooks", "_forward_hooks"):
+            for fn in getattr(sub, kind, {}).values():
+                if not _hook_origin(fn).startswith(OBSERVING_HOOKS):
+                    found.append(f"{name or '(model)'}: {kind[1:-1].replace('_', ' ')}")
+    return found
 
 
 @contextlib.contextmanager
@@ -39,15 +97,14 @@ def hooks(model, edits: Iterable[tuple[str, EditFn]]):
     module = _unwrap(model)
     sites = [(hook_site(module, name), fn) for name, fn in edits]  # resolve all before touching the model
     handles = []
-    setattr(module, ACTIVE_ATTR, active_hook_count(module) + len(sites))
-    try:
-        for site, fn in sites:
-            handles.append(site.register(fn))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        setattr(module, ACTIVE_ATTR, active_hook_count(module) - len(sites))
+    with ACTIVE_HOOKS.holding(module, len(sites)):
+        try:
+            for site, fn in sites:
+                handles.append(site.register(fn))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 class Recording:

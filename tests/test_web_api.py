@@ -194,6 +194,13 @@ def test_non_finite_values_are_rejected(client, literal):
     assert_422(resp, "values", "finite number")
 
 
+@pytest.mark.parametrize("body", [b"\x13[\xff", b"{not json", b""])
+def test_a_body_that_is_not_json_is_a_422(client, body):
+    resp = client.post("/api/generate", content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422 and "Traceback" not in resp.text, resp.text
+    assert resp.json()["detail"][0]["loc"][0] == "body"
+
+
 def test_oversized_body_and_foreign_host(client, server):
     big = client.post("/api/generate", content=b'{"prompt": "' + b"a" * 70_000 + b'"}',
                       headers={"content-type": "application/json"})
@@ -502,6 +509,60 @@ def test_client_going_away_frees_its_place(steerer):
         assert gen(c).status_code == 200
 
 
+def raw_post(port: int, path: str, body: dict):
+    """A socket that sent a whole POST request and waits (closing it is a client giving up)."""
+    import socket
+
+    data = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def test_dropped_plain_requests_lose_their_work(steerer):
+    """Issue 15.7: clients that give up on a non-streamed request free their place and their compute."""
+    from saesteer.web.app import create_app
+
+    app = create_app(steerer, [], queue_size=3, request_timeout=60)
+    worker = app.state.worker
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        gate = block_worker(app)
+        socks = [raw_post(srv.port, "/api/generate", {"prompt": f"gone {i}", "max_new_tokens": 8}) for i in range(3)]
+        deadline = time.monotonic() + 10
+        while worker.waiting < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert gen(c).status_code == 503  # the queue is full of them
+        done = worker.completed
+        for s in socks:
+            s.close()
+        while worker.waiting:  # still blocked: only the disconnects can empty the queue
+            assert time.monotonic() < deadline, "dropped requests kept their place in the queue"
+            time.sleep(0.02)
+        gate.set()
+        assert gen(c).status_code == 200
+        assert worker.completed - done == 2  # the blocker and this one: the dropped jobs never ran
+
+        steps = []
+
+        def endless(req, clamps, check, emit=None):  # a generation that only stops when told to
+            while True:
+                check()
+                steps.append(1)
+                time.sleep(0.01)
+
+        app.state.service.generate = endless
+        running = raw_post(srv.port, "/api/generate", {"prompt": "long", "max_new_tokens": 8})
+        while not steps:
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.01)
+        running.close()
+        while worker.busy:  # the running job stops at its next step
+            assert time.monotonic() < deadline + 20, "a dropped request kept the model busy"
+            time.sleep(0.02)
+
+
 def test_worker_order_limits_and_running_deadline():
     from saesteer.web.worker import JobTimeout, ModelWorker, QueueFull
 
@@ -568,29 +629,67 @@ def test_openapi_schema_matches_docs():
 
 
 def test_serve_binds_to_loopback_by_default(monkeypatch, capsys, steerer, folders):
-    import uvicorn
-
     from saesteer.cli import serve_commands
     from saesteer.cli.main import run
 
     calls, built = [], []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setattr(serve_commands, "serve_app", lambda app, sock: calls.append((app, sock.getsockname())))
     monkeypatch.setattr(serve_commands, "build_steerer", lambda *a: built.append(a) or steerer)
-    base = ["serve", "--model", "some/model", "--sae", "some.pt", "--hook", HOOK]
+    assert serve_commands.serve.params[[p.name for p in serve_commands.serve.params].index("port")].default == 8000
+    base = ["serve", "--model", "some/model", "--sae", "some.pt", "--hook", HOOK, "--port", "0"]
     assert run([*base, "--results", str(folders[0]), "--results", str(folders[1])]) == 0
-    app, kw = calls[-1]
+    app, (host, port) = calls[-1]
     assert built[-1] == ("some/model", "some.pt", HOOK, "cpu")
-    assert kw["host"] == "127.0.0.1" and kw["port"] == 8000
+    assert host == "127.0.0.1" and 0 < port < 65536
     assert len(app.state.results) == 2 and app.state.worker.queue_size == 8
-    assert "http://127.0.0.1:8000/" in capsys.readouterr().err
+    assert f"http://127.0.0.1:{port}/" in capsys.readouterr().err
     app.state.worker.close()
-    assert run([*base, "--host", "0.0.0.0", "--port", "0", "--queue-size", "3", "--timeout", "9"]) == 0
-    app, kw = calls[-1]
-    assert kw["host"] == "0.0.0.0" and 0 < kw["port"] < 65536  # --port 0: a free port, printed
+    assert run([*base, "--host", "0.0.0.0", "--queue-size", "3", "--timeout", "9"]) == 0
+    app, (host, port) = calls[-1]
+    assert host == "0.0.0.0" and 0 < port < 65536  # --port 0: a free port, printed
     assert app.state.worker.queue_size == 3 and app.state.worker.timeout == 9.0
     err = capsys.readouterr().err
-    assert "anyone who can reach this address" in err and f"http://0.0.0.0:{kw['port']}/" in err
+    assert "anyone who can reach this address" in err and f"http://0.0.0.0:{port}/" in err
+    assert "accepted Host headers: 127.0.0.1, localhost" in err and "--allow-host" in err
     app.state.worker.close()
+
+
+def test_serve_on_all_addresses_still_checks_the_host(monkeypatch, capsys, steerer):
+    """Issue 15.8: --host 0.0.0.0 accepts loopback names and those given with --allow-host, nothing else."""
+    from saesteer.cli import serve_commands
+    from saesteer.cli.main import run
+
+    apps = []
+    monkeypatch.setattr(serve_commands, "serve_app", lambda app, sock: apps.append(app))
+    monkeypatch.setattr(serve_commands, "build_steerer", lambda *a: steerer)
+    assert run(["serve", "--host", "0.0.0.0", "--port", "0", "--allow-host", "box.lan"]) == 0
+    assert "accepted Host headers: 127.0.0.1, localhost, ::1, [::1], box.lan" in capsys.readouterr().err
+    with LiveServer(apps[-1]) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get("/api/info").status_code == 200
+        assert c.get("/api/info", headers={"Host": f"box.lan:{srv.port}"}).status_code == 200
+        assert c.get("/api/info", headers={"Host": "evil.example"}).status_code == 400
+    apps[-1].state.worker.close()
+    assert run(["serve", "--host", "0.0.0.0", "--port", "0", "--allow-host", "*"]) == 0
+    assert "any Host header" in capsys.readouterr().err
+    apps[-1].state.worker.close()
+
+
+def test_serve_on_a_busy_port_is_one_line(capsys, monkeypatch):
+    """Issue 15.8: the port is bound before anything is loaded; a busy one is one line, exit 2."""
+    import socket
+
+    from saesteer.cli import serve_commands
+    from saesteer.cli.main import run
+
+    monkeypatch.setattr(serve_commands, "build_steerer", lambda *a: pytest.fail("loaded the model first"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert run(["serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"port {port}: the port is in use" in err and "Traceback" not in err
+    assert "http://" not in err
 
 
 def test_serve_errors_and_openapi_flag(capsys, tmp_path, tiny_model_dir, tiny_sae_pt):

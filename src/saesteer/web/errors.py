@@ -7,6 +7,7 @@ from typing import Sequence
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from saesteer.errors import SaesteerError
 from saesteer.web.jobs import ClientGone
@@ -41,6 +42,13 @@ async def on_invalid(request, exc: RequestValidationError):
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def on_http_error(request, exc: HTTPException):
+    """Starlette's own errors; a body that is not JSON (or not UTF-8) becomes a 422 like any bad field."""
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        return validation(("body",), "the request body is not valid JSON (UTF-8)")
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
 async def on_input_error(request, exc: InputError):
     return validation(exc.loc, exc.msg)
 
@@ -63,7 +71,8 @@ async def on_client_gone(request, exc: ClientGone):
 
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
-    for exc, handler in [(RequestValidationError, on_invalid), (InputError, on_input_error),
+    for exc, handler in [(RequestValidationError, on_invalid), (HTTPException, on_http_error),
+                         (InputError, on_input_error),
                          (SaesteerError, on_saesteer_error), (QueueFull, on_queue_full), (JobTimeout, on_timeout),
                          (ClientGone, on_client_gone)]:
         app.add_exception_handler(exc, handler)

@@ -51,6 +51,7 @@ async def run_job(request: Request, fn: Callable[[Job], Any]) -> Any:
         gone.cancel()
         if not job.future.done():
             job.cancel()
+        result.cancel()  # nobody waits for it any more (a no-op once done)
 
 
 def _line(obj) -> bytes:

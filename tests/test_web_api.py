@@ -171,7 +171,7 @@ BAD = [
     ({"prompt": " lighthouse" * 100, "max_new_tokens": 40}, "max_new_tokens", "exceed the model's 128 positions"),
     ({"max_new_tokens": 257}, "max_new_tokens", "less than or equal to 256"),
     ({"max_new_tokens": -1}, "max_new_tokens", "greater than or equal to 0"),
-    ({"mode": "add"}, "mode", "'delta' or 'reconstruct'"),
+    ({"mode": "multiply"}, "mode", "'delta', 'reconstruct' or 'add'"),
     ({"temperature": -1}, "temperature", "greater than or equal to 0"),
     ({"top_p": 0}, "top_p", "greater than 0"),
     ({"seed": -4}, "seed", "greater than or equal to 0"),

@@ -9,6 +9,7 @@ model's positions) are checked by the app and answered with the same 422 shape.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -24,6 +25,7 @@ MAX_QUERY_CHARS = 200
 MAX_PAGE = 200
 
 Mode = Literal["delta", "reconstruct", "add"]
+MODES = typing.get_args(Mode)
 Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 Feature = Annotated[StrictInt, Field(ge=0)]
 

@@ -119,3 +119,24 @@ def test_validate_refuses_absurd_values(capsys, tmp_path):
 def test_json_clamps_report_floats(capsys, base):
     assert run(["generate", *base, "--clamp", "3=20", "--json", "--max-new-tokens", "2"]) == 0
     assert json.loads(capsys.readouterr().out)["clamps"] == [{"feature": 3, "value": 20.0}]
+
+
+def test_a_sweep_whose_outputs_overflow_is_marked_failed_and_stores_nothing(tiny_loaded, tmp_path):
+    """A legal value that still overflows (huge decoder rows): the sweep stops with one line, its manifest says
+    ``failed`` with the reason (not ``running``), and no "!!!!" row is stored."""
+    from conftest import make_sae
+    from saesteer.steerer import Steerer
+    from saesteer.sweep.runner import Sweep
+
+    sae = make_sae()
+    with torch.no_grad():
+        sae.W_dec[3].mul_(1e35)
+    out = tmp_path / "sw"
+    sw = Sweep(Steerer(tiny_loaded, sae), features="2:4", values=[MAX_ABS_VALUE], max_new_tokens=3, out=out,
+               batch_size=1, reference_samples=2, reference_length=8)
+    with pytest.raises(SaesteerError, match="infinite or NaN"):
+        list(sw.run())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "infinite or NaN" in manifest["error"]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    assert [r["feature"] for r in rows] == [2]  # feature 2 is fine; feature 3 is never stored

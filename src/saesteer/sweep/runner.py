@@ -392,6 +392,7 @@ class Sweep:
         session = _Session()
         if manifest is not None and todo:
             manifest["status"] = "running"
+            manifest.pop("error", None)
             manifest["sessions"].append({"started_at": session.started_at, "ended_at": None, "features": 0,
                                          "seconds": 0.0, "device": str(self.lm.device), "engine": self.steerer.engine,
                                          "batch_size": self.batch_size})
@@ -413,6 +414,10 @@ class Sweep:
                     st.write_manifest(self.out, manifest)
                     last_manifest = time.time()
                 yield from results
+        except SaesteerError as exc:  # refused (e.g. outputs became inf/NaN): say so; rerunning retries
+            if manifest is not None:
+                manifest["status"], manifest["error"] = "failed", str(exc)
+            raise
         finally:
             bar.close()
             if store is not None:

@@ -68,3 +68,21 @@ def test_invalid_utf8_through_a_real_shell_argument(short_model, tmp_path):
     proc = subprocess.run([os.fsencode(a) for a in args] + [b"--prompt", b"caf\xe9"], env=env, capture_output=True)
     err = proc.stderr.decode("utf-8", "replace")
     assert proc.returncode == 2 and "Traceback" not in err and "not valid UTF-8" in err, err
+
+
+@pytest.mark.parametrize("exc", [TypeError("unsupported operand"), IndexError("index out of range in self"),
+                                 KeyError("x"), OSError(28, "No space left on device")])
+def test_any_unexpected_error_is_one_line_and_exit_2(capsys, monkeypatch, exc):
+    import saesteer.cli.core_commands as core
+
+    def boom(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(core, "build_steerer", boom)
+    monkeypatch.delenv("SAESTEER_DEBUG", raising=False)
+    assert run(["generate", "--model", "m"]) == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"error: {type(exc).__name__}") and "SAESTEER_DEBUG=1" in err
+    monkeypatch.setenv("SAESTEER_DEBUG", "1")
+    with pytest.raises(type(exc)):
+        run(["generate", "--model", "m"])

@@ -25,7 +25,8 @@ COMMAND_MODULES = [
 
 
 class _Group(click.Group):
-    """A group that turns library errors into one line and exit code 2."""
+    """A group that turns every error into one line and exit code 2 (``SaesteerError`` as its message, others
+    with their type; ``SAESTEER_DEBUG=1`` re-raises them for the traceback)."""
 
     def invoke(self, ctx):
         try:
@@ -38,11 +39,13 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
-        except (OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the CLI never ends in a traceback (SAESTEER_DEBUG=1 shows it)
             if os.environ.get("SAESTEER_DEBUG"):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"error: {type(exc).__name__}: {first} (set SAESTEER_DEBUG=1 for the traceback)", err=True)
+            known = isinstance(exc, (OSError, RuntimeError, ValueError))
+            hint = "set SAESTEER_DEBUG=1 for the traceback" + ("" if known else ", and please report this bug")
+            click.echo(f"error: {type(exc).__name__}: {first} ({hint})", err=True)
             ctx.exit(2)
 
 

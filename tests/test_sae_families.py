@@ -164,6 +164,7 @@ def test_release_spec_loads_saelens_folder_with_neuronpedia_id(hub, tmp_path):
     assert sae.hook_name == "blocks.6.hook_resid_pre"
     assert sae.cfg.extra["neuronpedia_id"] == "gpt2-small/6-res-jb"
     assert sae.cfg.extra["release"] == "gpt2-small-res-jb"
+    assert sae.cfg.extra["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
     assert hub.calls[0] == ("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.6.hook_resid_pre/cfg.json")
 
 
@@ -296,3 +297,39 @@ def test_dictionary_learning_batch_topk_uses_its_scalar_threshold(tmp_path):
     state["threshold"] = torch.tensor(-1.0)  # never calibrated: every positive latent passes
     write_dictlearn(tmp_path / "raw", "BatchTopKSAE", state, k=4)
     torch.testing.assert_close(load_sae(tmp_path / "raw").encode(x), post)
+
+
+# ------------------------------------------------------------------ Hub forms of every folder format
+def test_hf_spec_finds_each_folder_format(hub):
+    write_sparsify(hub.root / "EleutherAI/sae-test-32x" / "layers.4", activation="groupmax")
+    sae = load_sae("hf:EleutherAI/sae-test-32x/layers.4", progress=False)
+    assert sae.cfg.extra["format"] == "sparsify" and sae.hook_name == "blocks.4.hook_resid_post"
+    write_gemmascope(hub.root / "google/gemma-scope-2b-pt-mlp" / "layer_3/width_16k/average_l0_50")
+    sae = load_sae("hf:google/gemma-scope-2b-pt-mlp/layer_3/width_16k/average_l0_50", progress=False)
+    assert sae.cfg.extra["format"] == "gemmascope" and sae.hook_name == "blocks.3.hook_mlp_out"
+    write_saelens_folder(hub.root / "me/saes" / "l2", new_cfg(hook_name="blocks.2.hook_resid_pre"), saelens_tensors())
+    assert load_sae("hf:me/saes/l2", progress=False).hook_name == "blocks.2.hook_resid_pre"
+    one_line_error("hf:me/saes/missing", "found no SAELens, Gemma Scope, sparsify or dictionary_learning files")
+
+
+def test_dictionary_learning_release_via_hub(hub):
+    found = releases.lookup("qwen2.5-7b-instruct-andyrdt", "resid_post_layer_11_trainer_1")
+    g = torch.Generator().manual_seed(2)
+    state = {"bias": torch.randn(16, generator=g) / 9, "encoder.weight": torch.randn(48, 16, generator=g) / 4,
+             "encoder.bias": torch.randn(48, generator=g) / 9, "decoder.weight": torch.randn(16, 48, generator=g) / 4}
+    write_dictlearn(hub.root / found.repo_id / found.path, "AutoEncoder", state, layer=11)
+    sae = load_sae("saelens:qwen2.5-7b-instruct-andyrdt/resid_post_layer_11_trainer_1", progress=False)
+    assert sae.hook_name == "blocks.11.hook_resid_post" and sae.cfg.extra["dict_class"] == "AutoEncoder"
+    x = x_batch()
+    z = torch.relu((x - state["bias"]) @ state["encoder.weight"].T + state["encoder.bias"])
+    torch.testing.assert_close(sae.reconstruct(x), z @ state["decoder.weight"].T + state["bias"])
+
+
+def test_fingerprint_covers_a_family_s_own_weights(tmp_path):
+    from saesteer.evaluation.fingerprint import sae_fingerprint
+
+    t = gated_tensors()
+    a = load_sae(write_saelens_folder(tmp_path / "a", new_cfg(architecture="gated"), t))
+    t["r_mag"] = t["r_mag"] + 0.5
+    b = load_sae(write_saelens_folder(tmp_path / "b", new_cfg(architecture="gated"), t))
+    assert sae_fingerprint(a) != sae_fingerprint(b)

@@ -42,9 +42,13 @@ def sae_fingerprint(sae) -> str:
     h = hashlib.sha256()
     c = sae.cfg
     h.update(json.dumps([c.d_in, c.d_sae, c.activation, c.k, c.normalize, c.apply_b_dec_to_input]).encode())
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+    base = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+    for name in base:
         t = getattr(sae, name, None)
         if t is not None:
+            digest_tensor(h, name, t)
+    for name, t in sae.named_parameters():  # a family's own weights (gated b_mag/r_mag, sparsify W_skip)
+        if name not in base:
             digest_tensor(h, name, t)
     return h.hexdigest()[:16]
 

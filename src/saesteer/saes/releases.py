@@ -43,6 +43,8 @@ class Release:
                "conversion_func": self.conversion_func, "model_name": self.model}
         if self.neuronpedia_id:
             out["neuronpedia_id"] = self.neuronpedia_id
+        if self.config_overrides.get("model_from_pretrained_kwargs"):  # e.g. trained on weight-processed TL
+            out["model_from_pretrained_kwargs"] = self.config_overrides["model_from_pretrained_kwargs"]
         return {k: v for k, v in out.items() if v is not None}
 
 

@@ -167,3 +167,14 @@ def test_sigkill_during_a_folder_swap_never_mixes_old_and_new(tmp_path, when):
     assert (target / "cfg.json").read_text() == '{"d_sae": 256}'
     assert (target / "sae_weights.safetensors").read_bytes() == b"old weights"
     assert [p.name for p in tmp_path.iterdir()] == ["sae"]
+
+
+def test_an_unwritable_facts_cache_costs_time_not_the_result(capsys, caplog, monkeypatch, tiny_model_dir,
+                                                             tiny_sae_pt):
+    monkeypatch.setenv("SAESTEER_CACHE", "/proc/saesteer-cache")
+    args = ["compare", "--model", str(tiny_model_dir), "--sae", str(tiny_sae_pt), "--hook", "blocks.6.hook_resid_post",
+            "--clamp", "3=2", "--max-new-tokens", "2", "--reference-samples", "2", "--reference-length", "8", "--json"]
+    assert run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert isinstance(out, dict) and out  # the comparison is there
+    assert "could not cache feature facts in /proc/saesteer-cache" in caplog.text

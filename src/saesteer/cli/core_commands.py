@@ -102,7 +102,7 @@ def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
 @click.option("--prompt", default=None, help="Prompt for every row (default: BOS alone).")
 @generation_options
 @click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20), help="Rows per forward (default: chosen from memory).")
-@click.option("--out", "out", required=True, type=OutputFile(), help="Output .txt: FEATURE<TAB>TEXT per line.")
+@click.option("--out", "out", required=True, type=OutputFile(), help="Output .txt: FEATURE<TAB>TEXT per line (its folder must exist).")
 def batch(model, sae, hook, device, features, offset, value, strength, prompt, max_new_tokens, temperature, top_p,
           seed, mode, batch_size, out):
     """One row per feature, each clamped to VALUE (or to STRENGTH x its own max activation), from BOS (or a

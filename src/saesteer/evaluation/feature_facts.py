@@ -27,8 +27,10 @@ The pieces live in their own modules (``fingerprint``, ``reference``, ``activati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -69,10 +71,21 @@ def _cached_sample(lm, directory: Path, *, samples: int, length: int, seed: int,
     reference = sample_reference(lm, samples=samples, length=length, seed=seed, engine=engine, progress=progress,
                                  temperature=temperature)
     if use_cache:
-        directory.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({"tokens": reference.tokens.int().contiguous()}, str(tmp))
+        with _cache_write(directory):
+            directory.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({"tokens": reference.tokens.int().contiguous()}, str(tmp))
     return reference
+
+
+@contextlib.contextmanager
+def _cache_write(folder: Path):
+    """A cache that cannot be written costs the next run time, not this run's result: say so and go on."""
+    try:
+        yield
+    except OSError as exc:
+        logging.getLogger("saesteer").warning(f"note: could not cache feature facts in {folder} ({exc.strerror or exc});"
+                                              " set SAESTEER_CACHE to a writable folder to reuse them")
 
 
 BLOCK = 1024
@@ -230,5 +243,6 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
                           **defaults)
     table.meta["key"] = key
     if use_cache:
-        table.save(folder)
+        with _cache_write(folder):
+            table.save(folder)
     return table

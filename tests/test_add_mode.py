@@ -128,3 +128,47 @@ def test_web_schema_accepts_add():
     from saesteer.web.schemas import GenerateRequest
 
     assert GenerateRequest(prompt="hi", clamps=[{"feature": 1, "value": 3.0}], mode="add").mode == "add"
+
+
+# ------------------------------------------------------------------ the other SAE families through both engines
+def family_saes(tmp_path):
+    """A gated, a constant-norm-rescale and a sparsify skip-connection SAE at the tiny model's layer 6."""
+    import json as _json
+
+    from safetensors.torch import save_file
+
+    from _sae_files import new_cfg, saelens_tensors, write_saelens_folder
+    from saesteer.saes import load_sae
+
+    t = saelens_tensors(64, 128)
+    g = torch.Generator().manual_seed(5)
+    gated = {k: v for k, v in t.items() if k != "b_enc"}
+    gated.update(b_gate=torch.randn(128, generator=g) * 0.3, b_mag=torch.randn(128, generator=g) * 0.3,
+                 r_mag=torch.randn(128, generator=g) * 0.2)
+    out = [load_sae(write_saelens_folder(tmp_path / "gated", new_cfg(64, 128, architecture="gated",
+                                                                       hook_name=HOOK), gated)),
+           load_sae(write_saelens_folder(tmp_path / "cnr", new_cfg(64, 128, normalize_activations="constant_norm_rescale",
+                                                                     hook_name=HOOK), t))]
+    folder = tmp_path / "layers.6"
+    folder.mkdir()
+    save_file({"encoder.weight": t["W_enc"].T.contiguous(), "encoder.bias": t["b_enc"], "W_dec": t["W_dec"],
+               "b_dec": t["b_dec"], "W_skip": torch.randn(64, 64, generator=g) / 16}, str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text(_json.dumps({"activation": "groupmax", "k": 8, "skip_connection": True,
+                                                  "transcode": False, "d_in": 64}))
+    out.append(load_sae(folder))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["delta", "reconstruct", "add"])
+def test_other_families_steer_the_same_on_both_engines(tiny_gpt2, tmp_path, mode):
+    config = GenerationConfig(max_new_tokens=5, stop_at_eos=False)
+    plain = generate_ids(tiny_gpt2, PROMPTS, config, eos_token_id=EOS, pad_token_id=EOS, engine="reference")
+    for sae in family_saes(tmp_path / mode):
+        assert sae.hook_name == HOOK and not sae.plain_maths
+        got = {}
+        for engine in ("fast", "reference"):
+            edits = [make_clamp(tiny_gpt2, sae, {5: 40.0}, mode=mode)]
+            got[engine] = generate_ids(tiny_gpt2, PROMPTS, config, edits=edits, eos_token_id=EOS, pad_token_id=EOS,
+                                       engine=engine)
+        assert got["fast"] == got["reference"], sae
+        assert got["fast"] != plain, sae

@@ -333,3 +333,12 @@ def test_fingerprint_covers_a_family_s_own_weights(tmp_path):
     t["r_mag"] = t["r_mag"] + 0.5
     b = load_sae(write_saelens_folder(tmp_path / "b", new_cfg(architecture="gated"), t))
     assert sae_fingerprint(a) != sae_fingerprint(b)
+
+
+def test_release_missing_from_the_shipped_copy_is_read_from_an_installed_sae_lens(monkeypatch):
+    if not releases.installed_yaml():
+        pytest.skip("sae-lens (interop extra) is not installed")
+    monkeypatch.delitem(releases.vendored()["releases"], "gpt2-small-res-jb")
+    found = releases.lookup("gpt2-small-res-jb", "blocks.6.hook_resid_pre")
+    assert found.repo_id == "jbloom/GPT2-Small-SAEs-Reformatted" and found.neuronpedia_id == "gpt2-small/6-res-jb"
+    assert not releases.is_release("no-such-release-anywhere")

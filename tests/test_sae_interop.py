@@ -7,7 +7,6 @@ The libraries are the ``interop`` extra; a test whose library is not installed i
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 import torch

@@ -11,6 +11,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	@echo "Installing saesteer with extras [$(EXTRAS)] into $(VENV) (torch CPU and friends: a few minutes the first time)"
 	$(BIN)/pip install --progress-bar on --upgrade pip
 	$(BIN)/pip install --progress-bar on -c constraints.txt -e ".[$(EXTRAS)]"
+	@# nnsight (via dictionary-learning, interop oracle only) pulls a torchvision built for another torch,
+	@# whose import fails; transformers then breaks where it probes for it. saesteer never needs it.
+	$(BIN)/pip uninstall -y -q torchvision 2>/dev/null || true
 	touch $@
 
 setup: $(BIN)/.installed

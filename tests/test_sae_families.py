@@ -342,3 +342,20 @@ def test_release_missing_from_the_shipped_copy_is_read_from_an_installed_sae_len
     found = releases.lookup("gpt2-small-res-jb", "blocks.6.hook_resid_pre")
     assert found.repo_id == "jbloom/GPT2-Small-SAEs-Reformatted" and found.neuronpedia_id == "gpt2-small/6-res-jb"
     assert not releases.is_release("no-such-release-anywhere")
+
+
+def test_beyond_gpt2_page_prints_what_the_registry_says():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "beyond_gpt2.md").read_text(encoding="utf-8")
+    gemma = releases.lookup("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical")
+    jb = releases.lookup("gpt2-small-res-jb", "blocks.6.hook_resid_pre")
+    assert f"('{gemma.path}', '{gemma.neuronpedia_id}')" in page
+    assert f"('{jb.neuronpedia_id}', '{jb.repo_id}')" in page
+    # the reprs shown, built from the real shapes (on the meta device: no memory)
+    from saesteer.saes import gemmascope
+
+    meta = {k: torch.empty(s, device="meta") for k, s in
+            (("W_enc", (2304, 16384)), ("W_dec", (16384, 2304)), ("b_enc", (16384,)), ("b_dec", (2304,)),
+             ("threshold", (16384,)))}
+    sae = gemmascope.sae_from_params(meta, source="doc", extra={"folder": gemma.path},
+                                     hook_name=gemmascope.hook_from_path(f"{gemma.repo_id}/{gemma.path}"))
+    assert repr(sae) in page

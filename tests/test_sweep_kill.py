@@ -90,3 +90,27 @@ def test_sigkill_then_same_command_finishes_exactly_once(saved, tmp_path, gpt2_t
     err = other.stderr.decode()
     assert "different sweep" in err and "values" in err and "Traceback" not in err
     assert (out / "results.jsonl").read_bytes() == before
+
+
+def test_two_sweeps_into_one_folder_the_second_is_refused(saved, tmp_path):
+    """The same command twice on one folder: the second is refused in one line naming the first (pid, host);
+    the first finishes alone, every (feature, value) once."""
+    out = tmp_path / "sweep"
+    first = subprocess.Popen(command(saved, out), env=env(saved), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while complete_lines(out / "results.jsonl") < 2 and first.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.kill(first.pid, signal.SIGSTOP)  # mid-run, holding the folder, however fast the machine
+    try:
+        assert first.poll() is None, first.communicate()[1].decode()[-2000:]
+        second = subprocess.run(command(saved, out), env=env(saved), capture_output=True, timeout=300)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    err = second.stderr.decode().strip()
+    assert second.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "in use" in err and f"pid {first.pid} on " in err
+    _, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0, err1.decode()[-2000:]
+    recs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["feature"], r["value"]) for r in recs] == [(f, v) for f in range(64) for v in (20.0, -10.0)]
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"

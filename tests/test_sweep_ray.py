@@ -4,7 +4,9 @@ One Ray instance serves the module (starting one takes seconds); each sweep star
 """
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,32 @@ def whole(saved, steerer):
     return out
 
 
+def crashing_worker(fault_file):
+    """A SweepWorker that dies (``os._exit``) half-way through the chunk that holds ``fault['feature']``, at most
+    ``fault['times']`` times over all workers (each death claims a marker file in ``fault['dir']``), where
+    ``fault`` is the JSON in ``fault_file`` when the chunk starts. Defined in a function, so that Ray sends the
+    class itself to its workers; Ray keeps the first definition of an actor class it was sent, so the fault is
+    read from the file, not kept in the class."""
+    from saesteer.sweep.distributed import SweepWorker
+
+    class CrashingWorker(SweepWorker):
+        def run(self, features):
+            fault = json.loads(Path(fault_file).read_text())
+            if fault["feature"] in features:
+                for i in range(fault["times"]):
+                    try:
+                        fd = os.open(Path(fault["dir"]) / f"crash.{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    except FileExistsError:
+                        continue
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    super().run(features[: max(1, len(features) // 2)])
+                    os._exit(1)
+            return super().run(features)
+
+    return CrashingWorker
+
+
 def by_feature(folder):
     from saesteer.sweep.store import load_records
 
@@ -114,8 +142,9 @@ def test_cli_ray_finishes_a_single_process_folder_identically(ray_local, saved, 
     assert [r.to_dict() for r in top(out, n=5)] == [r.to_dict() for r in top(whole, n=5)]
 
 
-def test_killed_workers_chunks_are_retried_nothing_lost_or_doubled(ray_local, saved, steerer, whole, tmp_path):
-    from saesteer.sweep import distributed_sweep
+def test_killed_workers_chunks_are_retried_nothing_lost_or_doubled(ray_local, saved, steerer, whole, tmp_path,
+                                                                   monkeypatch):
+    from saesteer.sweep import distributed, distributed_sweep
     from saesteer.sweep.store import load_records
 
     out = tmp_path / "sw"
@@ -127,9 +156,11 @@ def test_killed_workers_chunks_are_retried_nothing_lost_or_doubled(ray_local, sa
     #    sweep stops with a one-line error, and the folder holds whole features, each once, each as it should be.
     crash = tmp_path / "crash-always"
     crash.mkdir()
+    fault = tmp_path / "fault.json"
+    fault.write_text(json.dumps({"dir": str(crash), "feature": 13, "times": 100}))
+    monkeypatch.setattr(distributed, "SweepWorker", crashing_worker(fault))
     with pytest.raises(SaesteerError, match=r"features 12\.\.14 failed 1 times .*worker lost.*resume"):
-        distributed_sweep(str(saved / "model"), str(saved / "sae"), max_retries=0,
-                          _fault={"dir": str(crash), "feature": 13, "times": 100}, **common)
+        distributed_sweep(str(saved / "model"), str(saved / "sae"), max_retries=0, **common)
     assert len(list(crash.iterdir())) == 1
     partial = by_feature(out)
     assert 13 not in partial and all(partial[f] == want[f] for f in partial)
@@ -142,7 +173,8 @@ def test_killed_workers_chunks_are_retried_nothing_lost_or_doubled(ray_local, sa
     #    a fresh worker takes the chunk again, and the folder ends as the single-process sweep's, byte for byte.
     crash = tmp_path / "crash-once"
     crash.mkdir()
-    m = distributed_sweep(steerer, max_retries=2, _fault={"dir": str(crash), "feature": 13, "times": 1}, **common)
+    fault.write_text(json.dumps({"dir": str(crash), "feature": 13, "times": 1}))
+    m = distributed_sweep(steerer, max_retries=2, **common)
     assert [p.name for p in crash.iterdir()] == ["crash.0"]  # a worker did die mid-chunk
     assert m["status"] == "complete" and m["done"] == 24 and len(m["sessions"]) == 2
     assert m["sessions"][1]["features"] == 24 - len(partial)

@@ -4,14 +4,15 @@ The shards must be the same sweep (equal identity apart from the shard), all ``N
 with the same unsteered text. Their feature facts should be equal too; if they were computed apart and
 differ (another machine, another device), the facts-based metrics are recomputed from each result's tokens
 and text with the first shard's facts, so the merged table is consistent. A relative sweep's clamp values
-come from the facts, so its shards must agree on them. The output is built in a temporary folder and
-renamed into place.
+come from the facts, so its shards must agree on them. The output is built in a temporary folder beside it
+and renamed into place, under a lock on the output; a killed merge's temporary folder is removed by the next.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Sequence
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
 from saesteer.evaluation.text_metrics import hits, text_metrics
+from saesteer.locks import FolderLock
 from saesteer.sweep import store as st
 from saesteer.sweep.spec import SweepSpec
 
@@ -40,22 +42,57 @@ def rescore(record: dict, facts: FactsTable, baseline: dict) -> dict:
 
 
 def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
-    """Merge shard folders into ``out`` (which must not exist yet, or be empty); return the new manifest."""
+    """Merge shard folders into ``out`` (which must not exist yet, or be empty); return the new manifest.
+
+    ``out`` is locked for the whole merge (a second merge into it is refused); what a killed merge left
+    beside it is removed first."""
     dirs = [Path(d) for d in directories]
     out = Path(out)
     if not dirs:
         raise SaesteerError("give the shard folders to merge, e.g. saesteer merge run0 run1 --out run")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SaesteerError(f"{out} already exists and is not empty; merge into a new folder")
     if any(d.resolve() == out.resolve() for d in dirs):
         raise SaesteerError("--out must be a new folder, not one of the shards")
-    manifests = []
-    for d in dirs:
-        m = st.read_manifest(d)
-        if m is None:
-            raise SaesteerError(f"{d} is not a sweep folder (no {st.MANIFEST})")
-        manifests.append(m)
-    specs = [SweepSpec.from_identity(m["sweep"]) for m in manifests]
+    with FolderLock(out, what="merge output"):
+        remove_leftovers(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SaesteerError(f"{out} already exists and is not empty; merge into a new folder")
+        manifests = [_shard_manifest(d) for d in dirs]
+        specs = [SweepSpec.from_identity(m["sweep"]) for m in manifests]
+        _check_shards(dirs, manifests, specs)
+        facts = FactsTable.load(dirs[0] / st.FACTS)
+        if len({m["facts"]["digest"] for m in manifests}) > 1 and specs[0].relative:
+            raise SaesteerError("the shards computed different feature facts, and a relative sweep's clamp values"
+                                " come from them; rerun the shards with the same --reference-text and facts")
+        entries = _entries(dirs, specs, manifests)
+        rescored = [m["facts"]["digest"] != facts.digest for m in manifests]
+        manifest = _merged_manifest(manifests, specs[0].unsharded(), dirs, facts)
+        lines = _lines(dirs, entries, rescored, facts, manifests[0]["baseline"])
+        _write(out, facts, lines, manifest)
+    return manifest
+
+
+def staging_name(name: str) -> str:
+    return f".{name}.merge-"
+
+
+def remove_leftovers(out: Path) -> None:
+    """Remove the temporary folders that killed merges into ``out`` left beside it (the caller holds the lock)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(merge-)?[a-z0-9_]{{8}}\.tmp")
+    if out.parent.is_dir():
+        for p in out.parent.iterdir():
+            if pattern.fullmatch(p.name) and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _shard_manifest(d: Path) -> dict:
+    m = st.read_manifest(d)
+    if m is None:
+        raise SaesteerError(f"{d} is not a sweep folder (no {st.MANIFEST})")
+    return m
+
+
+def _check_shards(dirs: list[Path], manifests: list[dict], specs: list[SweepSpec]) -> None:
+    """The folders are all N shards of one split of one sweep, with one unsteered text."""
     first = specs[0]
     for d, spec in zip(dirs[1:], specs[1:]):
         diffs = first.differences(spec, ignore=("shard",))
@@ -64,7 +101,8 @@ def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
     n = first.shard[1]
     if any(s.shard[1] != n for s in specs):
         counts = sorted({s.shard[1] for s in specs})
-        raise SaesteerError(f"the folders were split into different numbers of shards ({counts}); merge shards of one split")
+        raise SaesteerError(f"the folders were split into different numbers of shards ({counts}); merge shards of"
+                            " one split")
     seen: dict[int, Path] = {}
     for d, spec in zip(dirs, specs):
         i = spec.shard[0]
@@ -79,43 +117,44 @@ def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
         if m["baseline"]["tokens"] != base["tokens"]:
             raise SaesteerError(f"{d} has another unsteered text than {dirs[0]} ({m['baseline']['text']!r} vs"
                                 f" {base['text']!r}): the shards did not run the same model the same way")
-    facts = FactsTable.load(dirs[0] / st.FACTS)
-    digests = {m["facts"]["digest"] for m in manifests}
-    if len(digests) > 1 and first.relative:
-        raise SaesteerError("the shards computed different feature facts, and a relative sweep's clamp values come"
-                            " from them; rerun the shards with the same --reference-text and facts")
-    entries: list[tuple[int, int, int, int, int]] = []  # (feature, value index, folder, offset, length)
-    rescored: list[bool] = []
+
+
+def _entries(dirs: list[Path], specs: list[SweepSpec], manifests: list[dict]) -> list[tuple[int, ...]]:
+    """``(feature, value index, folder, offset, length)`` of every result, sorted; each shard finished."""
+    entries: list[tuple[int, int, int, int, int]] = []
     for i, (d, spec, m) in enumerate(zip(dirs, specs, manifests)):
         scan = st.scan_results(d / st.RESULTS, spec.values, set(spec.shard_features()))
         want = spec.n_shard_features()
         if len(scan.complete) != want or m.get("status") != "complete":
-            raise SaesteerError(f"shard {spec.shard[0]}/{n} in {d} is not finished ({len(scan.complete)}/{want}"
-                                " features); run its sweep command again to finish it")
+            raise SaesteerError(f"shard {spec.shard[0]}/{spec.shard[1]} in {d} is not finished"
+                                f" ({len(scan.complete)}/{want} features); run its sweep command again to finish it")
         entries.extend((f, vi, i, off, length) for f, vi, off, length in scan.entries)
-        rescored.append(m["facts"]["digest"] != facts.digest)
     entries.sort()
     if any(a[:2] == b[:2] for a, b in zip(entries, entries[1:])):
         raise SaesteerError("two shards hold the same feature; they are not shards of one split")
+    return entries
 
-    def lines():
-        handles = [open(d / st.RESULTS, "rb") for d in dirs]
-        try:
-            for _, _, i, offset, length in entries:
-                handles[i].seek(offset)
-                line = handles[i].read(length)
-                yield st.record_line(rescore(json.loads(line), facts, base)) if rescored[i] else line
-        finally:
-            for h in handles:
-                h.close()
 
-    unsharded = first.unsharded()
-    manifest = _merged_manifest(manifests, unsharded, dirs, facts)
+def _lines(dirs: list[Path], entries, rescored: list[bool], facts: FactsTable, baseline: dict):
+    """The merged ``results.jsonl`` lines, in order (rescored with ``facts`` where a shard's facts differ)."""
+    handles = [open(d / st.RESULTS, "rb") for d in dirs]
+    try:
+        for _, _, i, offset, length in entries:
+            handles[i].seek(offset)
+            line = handles[i].read(length)
+            yield st.record_line(rescore(json.loads(line), facts, baseline)) if rescored[i] else line
+    finally:
+        for h in handles:
+            h.close()
+
+
+def _write(out: Path, facts: FactsTable, lines, manifest: dict) -> None:
+    """Build the folder beside ``out`` and rename it into place (nothing half-written at ``out``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_name(out.name), suffix=".tmp", dir=out.parent))
     try:
         facts.save(staging / st.FACTS)
-        st.write_lines(staging, lines())
+        st.write_lines(staging, lines)
         st.write_manifest(staging, manifest)
         os.chmod(staging, 0o755)
         if out.exists():
@@ -124,7 +163,6 @@ def merge(directories: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return manifest
 
 
 def _merged_manifest(manifests: list[dict], spec: SweepSpec, dirs: list[Path], facts: FactsTable) -> dict:

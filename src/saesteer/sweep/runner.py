@@ -12,28 +12,24 @@ clamps={f: v})`` applies, through the same engine dispatcher.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
-import platform
-import shutil
-import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable, facts_key, feature_facts
 from saesteer.evaluation.readback import attach_readback
 from saesteer.evaluation.text_metrics import TextMetrics, hits, mean_logprob, text_metrics
 from saesteer.sweep import store as st
-from saesteer.sweep.spec import SweepSpec, parse_features, parse_values
+from saesteer.sweep.config import SweepConfig
+from saesteer.sweep.folder import SweepRun, features_text
+from saesteer.sweep.spec import SweepSpec, parse_features
 
 DEFAULT_ROWS_PER_CALL = 512
 """Rows per ``generate_ids`` call when no batch size is given: large enough for the engines to run
 near full speed, small enough that a kill loses little work."""
-MANIFEST_EVERY_S = 30.0
 
 
 @dataclass
@@ -76,86 +72,41 @@ def _round(x):
     return float(f"{x:.6g}")
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def package_versions() -> dict:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for name in ("saesteer", "torch", "transformers", "safetensors", "numpy"):
-        try:
-            from importlib.metadata import version
-
-            out[name] = version(name)
-        except Exception:  # noqa: BLE001 - a missing distribution is just not reported
-            out[name] = None
-    return out
-
-
-def features_text(ranges) -> str:
-    return ",".join(f"{a}:{b}" for a, b in ranges)
-
-
 @dataclass
 class Baseline:
+    """The unsteered continuation every result is compared with."""
+
     tokens: list[int]
     text: str
     fluency: float | None = None
 
 
-@dataclass
-class _Session:
-    started: float = field(default_factory=time.time)
-    started_at: str = field(default_factory=_now)
-    features: int = 0
-
-
 class Sweep:
     """Clamp each selected feature to each value during generation and measure the continuations.
 
-    ``steerer``: a :class:`saesteer.Steerer` with an SAE. ``features``: ``"all"``, ``"START:STOP"``, a list of
-    ranges/ints as text, or an iterable of ints. ``values``: numbers (or ``"-20,10"`` strings); with
-    ``relative`` they are multiples of each feature's max activation on the reference text. ``prompt`` None
-    starts from BOS alone. ``dtype``: compute dtype for the engine (``"float32"``/``"bfloat16"``).
-    ``batch_size``: rows per generate call (whole features per call). ``shard``: ``(I, N)``. ``out``: a
-    folder to write and resume (None: results are only yielded). ``facts``: a ready ``FactsTable``
-    (otherwise computed or read from the cache, from ``reference_text`` or text the model samples).
+    ``steerer``: a :class:`saesteer.Steerer` with an SAE. ``config``: a :class:`SweepConfig`; keywords named
+    as its fields (``features``, ``values``, ``relative``, ``prompt``, ``max_new_tokens``, ``mode``,
+    ``fluency``, ``dtype``, ``batch_size``, ``shard``, ``engine``, ``reference_text``, ...) set or override
+    its settings (see :class:`SweepConfig` for each). ``features`` may also be an iterable of ints.
+    ``out``: a folder to write and resume (None: results are only yielded). ``facts``: a ready
+    ``FactsTable`` (otherwise computed or read from the cache, from ``reference_text`` or text the model
+    samples). ``progress``: show a progress bar.
+
+    Drive it with :meth:`run` (the local loop), or, as the Ray driver does, with :meth:`open` and
+    :meth:`run_features` (the unit of work) and the returned :class:`SweepRun`.
     """
 
-    def __init__(self, steerer, *, features="all", values=(20.0,), relative: bool = False, prompt: str | None = None,
-                 max_new_tokens: int = 10, mode: str = "delta", fluency: bool = False, dtype: str | None = None,
-                 batch_size: int | None = None, shard: tuple[int, int] = (0, 1), out: str | os.PathLike | None = None,
-                 facts: FactsTable | None = None, reference_text: str | os.PathLike | None = None,
-                 reference_samples: int = 256, reference_length: int = 64, reference_seed: int = 0,
-                 cache_dir: str | os.PathLike | None = None, progress: bool = False, readback: bool = False):
-        from saesteer.steering.clamp import MODES
-
+    def __init__(self, steerer, config: SweepConfig | None = None, *, out: str | os.PathLike | None = None,
+                 facts: FactsTable | None = None, progress: bool = False, **settings):
         self.steerer = steerer
         self.sae = steerer._need_sae()
         self.hook = steerer._need_hook()
         self.lm = steerer.lm
-        if mode not in MODES:
-            raise SaesteerError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
-        if max_new_tokens < 1:
-            raise SaesteerError("max_new_tokens must be at least 1 for a sweep")
-        if batch_size is not None and batch_size < 1:
-            raise SaesteerError("batch_size must be at least 1")
-        self.values = parse_values(values if not isinstance(values, (int, float)) else [values])
-        if isinstance(features, str) or features is None:
-            self.ranges = parse_features(features, self.sae.d_sae)
-        else:
-            self.ranges = parse_features(",".join(str(int(f)) for f in features), self.sae.d_sae)
-        self.relative = bool(relative)
-        self.prompt = prompt or None
-        self.max_new_tokens = int(max_new_tokens)
-        self.mode = mode
-        self.fluency = bool(fluency)
-        self.readback = bool(readback)
-        self.dtype_name = self._dtype_name(dtype)
-        self.batch_size = batch_size
-        self.shard = (int(shard[0]), int(shard[1]))
-        if not 0 <= self.shard[0] < self.shard[1]:
-            raise SaesteerError(f"shard {self.shard} must be (I, N) with 0 <= I < N")
+        config = SweepConfig.build(config, settings, caller="Sweep")
+        self.ranges = parse_features(config.features, self.sae.d_sae)
+        self.config = config.replace(features=features_text(self.ranges), dtype=self._dtype_name(config.dtype),
+                                     engine=config.engine or steerer.engine)
+        """The settings as run: features as ranges, dtype and engine resolved (what the manifest records)."""
         if out is not None:
             from saesteer.outputs import check_output_folder
 
@@ -163,78 +114,90 @@ class Sweep:
         self.out = Path(out) if out is not None else None
         self.progress = progress
         self._facts = facts
-        self._reference = dict(reference_text=reference_text, samples=reference_samples, length=reference_length,
-                               seed=reference_seed)
-        self._cache_dir = cache_dir
         self._spec: SweepSpec | None = None
         self._baseline: Baseline | None = None
         self._fluency_memo: dict[tuple[int, ...], float | None] = {}
 
     # ------------------------------------------------------------- pieces
-    def _dtype_name(self, dtype) -> str:
-        import torch
+    @property
+    def values(self) -> tuple[float, ...]:
+        return self.config.values
 
+    @property
+    def engine(self) -> str:
+        return self.config.engine
+
+    def _dtype_name(self, dtype) -> str:
         from saesteer.models.loading import parse_dtype
 
         if dtype is None:
             return str(self.lm.dtype).replace("torch.", "")
-        if isinstance(dtype, torch.dtype):
-            return str(dtype).replace("torch.", "")
         parse_dtype(dtype)
         return str(dtype)
 
     @property
     def prompt_tokens(self) -> list[int]:
-        return self.steerer.tokens(self.prompt)
+        return self.steerer.tokens(self.config.prompt)
 
     def facts_key(self) -> str:
         if self._facts is not None:
             return self._facts.meta.get("key") or self._facts.digest
-        return facts_key(self.lm.model, self.sae, self.hook, reference_text=self._reference["reference_text"],
-                         samples=self._reference["samples"], length=self._reference["length"],
-                         seed=self._reference["seed"], features=self._selected())[0]
+        c = self.config
+        return facts_key(self.lm.model, self.sae, self.hook, reference_text=c.reference_text,
+                         samples=c.reference_samples, length=c.reference_length, seed=c.reference_seed,
+                         features=self.selected())[0]
 
-    def _selected(self) -> list[int]:
+    def selected(self) -> list[int]:
         """Every selected feature (all shards'): the feature facts are computed for their blocks only."""
         return [f for a, b in self.ranges for f in range(a, b)]
 
     @property
     def spec(self) -> SweepSpec:
+        """What identifies this sweep (the config's identity fields, the features, model and SAE)."""
         if self._spec is None:
             from saesteer.evaluation.feature_facts import model_fingerprint, sae_fingerprint
 
+            first, later = self.config.identity()
             self._spec = SweepSpec(
                 model_fingerprint=model_fingerprint(self.lm.model), sae_fingerprint=sae_fingerprint(self.sae),
-                hook=self.hook, d_sae=self.sae.d_sae, values=self.values, prompt=self.prompt,
-                prompt_tokens=tuple(self.prompt_tokens), features=self.ranges, mode=self.mode,
-                relative=self.relative, max_new_tokens=self.max_new_tokens, dtype=self.dtype_name,
-                fluency=self.fluency, facts_key=self.facts_key(), shard=self.shard, readback=self.readback,
+                hook=self.hook, d_sae=self.sae.d_sae, prompt_tokens=tuple(self.prompt_tokens), features=self.ranges,
+                facts_key=self.facts_key(), options=later, **first,
                 info={"model": self.lm.name, "sae": self.sae.cfg.source, "device": str(self.lm.device),
-                      "engine": self.steerer.engine},
+                      "engine": self.engine},
             )
         return self._spec
+
+    @property
+    def has_facts(self) -> bool:
+        """Whether the facts are already at hand (given, read or computed)."""
+        return self._facts is not None
 
     @property
     def facts(self) -> FactsTable:
         """The feature facts the metrics (and relative values) use; computed or read from the cache once."""
         if self._facts is None:
-            r = self._reference
-            self._facts = feature_facts(self.lm, self.sae, self.hook, reference_text=r["reference_text"],
-                                        samples=r["samples"], length=r["length"], seed=r["seed"],
-                                        cache_dir=self._cache_dir, progress=self.progress, engine=self.steerer.engine,
-                                        features=self._selected())
+            c = self.config
+            self._facts = feature_facts(self.lm, self.sae, self.hook, reference_text=c.reference_text,
+                                        samples=c.reference_samples, length=c.reference_length, seed=c.reference_seed,
+                                        cache_dir=c.cache_dir, progress=self.progress, engine=self.engine,
+                                        features=self.selected())
         return self._facts
+
+    @facts.setter
+    def facts(self, table: FactsTable) -> None:
+        self._facts = table
 
     def _generate(self, rows: list[list[tuple[int, float]]] | None, n: int) -> list[list[int]]:
         from saesteer.engine import GenerationConfig, generate_ids
         from saesteer.steering.hooks import make_clamp
 
-        config = GenerationConfig(max_new_tokens=self.max_new_tokens)
-        edits = [] if rows is None else [make_clamp(self.lm.model, self.sae, rows=rows, mode=self.mode,
+        c = self.config
+        config = GenerationConfig(max_new_tokens=c.max_new_tokens)
+        edits = [] if rows is None else [make_clamp(self.lm.model, self.sae, rows=rows, mode=c.mode,
                                                     hook_name=self.hook)]
         return generate_ids(self.lm.model, [self.prompt_tokens] * n, config, edits=edits,
                             eos_token_id=self.lm.eos_token_id, pad_token_id=self.lm.pad_token_id,
-                            engine=self.steerer.engine, dtype=self.dtype_name, batch_size=self.batch_size)
+                            engine=self.engine, dtype=c.dtype, batch_size=c.batch_size)
 
     def _fluency(self, conts: Sequence[Sequence[int]]) -> list[float | None]:
         """Mean log-probs under the unsteered model, each distinct continuation computed once."""
@@ -253,19 +216,24 @@ class Sweep:
         if self._baseline is None:
             tokens = self._generate(None, 1)[0]
             b = Baseline(tokens, self.lm.continuation(self.prompt_tokens, tokens))
-            if self.fluency:
+            if self.config.fluency:
                 b.fluency = self._fluency([tokens])[0]
             self._baseline = b
         return self._baseline
 
+    @baseline.setter
+    def baseline(self, b: Baseline) -> None:
+        """Compare with another run's baseline (a Ray worker uses the driver's, the one the manifest holds)."""
+        self._baseline = b
+
     def clamp_value(self, feature: int, value: float) -> float:
-        if not self.relative:
+        if not self.config.relative:
             return value
         return value * float(self.facts.max_activation[feature])
 
-    def _check_relative(self, features: Sequence[int]) -> None:
+    def check_relative(self, features: Sequence[int]) -> None:
         """Relative values obey the clamp value rule once multiplied by each feature's max activation."""
-        if not self.relative:
+        if not self.config.relative:
             return
         from saesteer.steering.values import check_value
 
@@ -280,7 +248,7 @@ class Sweep:
         out = self._generate(rows, len(rows))
         texts = [self.lm.continuation(self.prompt_tokens, t) for t in out]
         base = self.baseline
-        flu = self._fluency(out) if self.fluency else [None] * len(out)
+        flu = self._fluency(out) if self.config.fluency else [None] * len(out)
         results = []
         for r, (toks, text, fl) in enumerate(zip(out, texts, flu)):
             f = features[r // len(values)]
@@ -290,166 +258,45 @@ class Sweep:
             m = text_metrics(toks, text, base.tokens, base.text, targets, fluency=fl,
                              baseline_fluency=base.fluency, baseline_hits=base_hits)
             results.append(SweepResult(f, values[r % len(values)], rows[r][0][1], list(toks), text, m))
-        if self.readback:
+        if self.config.readback:
             attach_readback(results, self.lm, self.sae, self.hook, self.prompt_tokens)
         return results
 
-    def _chunk_features(self) -> int:
-        rows = self.batch_size or DEFAULT_ROWS_PER_CALL
+    def chunk_features(self) -> int:
+        """Features per ``run_features`` call: ``batch_size`` rows' worth (whole features)."""
+        rows = self.config.batch_size or DEFAULT_ROWS_PER_CALL
         return max(1, rows // len(self.values))
 
-    # ------------------------------------------------------------- folder
-    def _manifest(self, spec: SweepSpec, facts: FactsTable) -> dict:
-        b = self.baseline
-        return {
-            "format": st.FORMAT,
-            "fingerprint": spec.fingerprint(),
-            "sweep": spec.identity(),
-            "model": self.lm.name,
-            "sae": self.sae.cfg.source,
-            "hook": self.hook,
-            "mode": self.mode,
-            "values": list(self.values),
-            "relative": self.relative,
-            "prompt": self.prompt,
-            "prompt_tokens": list(spec.prompt_tokens),
-            "max_new_tokens": self.max_new_tokens,
-            "dtype": self.dtype_name,
-            "device": str(self.lm.device),
-            "engine": self.steerer.engine,
-            "features": features_text(self.ranges),
-            "shard": f"{self.shard[0]}/{self.shard[1]}",
-            "n_features": spec.n_shard_features(),
-            "fluency": self.fluency,
-            "facts": {"key": spec.facts_key, "digest": facts.digest, "reference": facts.meta.get("reference"),
-                      "settings": facts.meta.get("settings")},
-            "baseline": {"tokens": b.tokens, "text": b.text, "fluency": b.fluency},
-            "versions": package_versions(),
-            "status": "running",
-            "started_at": _now(),
-            "finished_at": None,
-            "done": 0,
-            "elapsed_s": 0.0,
-            "features_per_second": None,
-            "sessions": [],
-        }
-
-    def _open_folder(self) -> tuple[dict, st.ResultStore]:
-        """Create the folder, or check that it holds this same sweep; return its manifest and store."""
-        out = self.out
-        spec = self.spec
-        existing = st.read_manifest(out)
-        if existing is None:
-            if out.exists() and any(p.name != st.FACTS for p in out.iterdir()):
-                raise SaesteerError(f"{out} exists, is not empty and holds no sweep manifest; pick another --out folder")
-            facts = self.facts
-            facts.save(out / st.FACTS)
-            manifest = self._manifest(spec, facts)
-        else:
-            manifest = existing
-            old = SweepSpec.from_identity(existing["sweep"])
-            diffs = old.differences(spec)
-            if diffs:
-                raise SaesteerError(
-                    f"{out} holds a different sweep ({'; '.join(diffs)}); run the command that started it to resume,"
-                    " or pick another --out folder")
-            digest = existing.get("facts", {}).get("digest")
-            if self._facts is None and FactsTable.exists(out / st.FACTS):
-                try:
-                    table = FactsTable.load(out / st.FACTS)
-                    if table.digest == digest:
-                        self._facts = table
-                except (OSError, ValueError, KeyError):
-                    pass
-            if self.facts.digest != digest:
-                raise SaesteerError(
-                    f"the feature facts in {out / st.FACTS} are missing or differ from the ones this sweep started with;"
-                    " results would mix two sets of metrics: start a new --out folder")
-            b = self.baseline
-            if b.tokens != existing["baseline"]["tokens"]:
-                raise SaesteerError(
-                    f"the unsteered text now differs from the one {out} started with ({b.text!r} vs"
-                    f" {existing['baseline']['text']!r}): the model or engine behaves differently; start a new --out folder")
-        store = st.ResultStore(out, self.values, set(spec.shard_features()))
-        return manifest, store
-
     # ------------------------------------------------------------- the loop
+    def open(self) -> SweepRun:
+        """Start a run: lock and create or check the folder (``out``), or compute facts and baseline."""
+        self.check_relative(self.spec.shard_features())  # before the folder is opened: a refusal leaves nothing
+        if self.out is not None:
+            return SweepRun.open(self, SweepConfig)
+        _ = self.facts  # computed before the clock starts
+        _ = self.baseline
+        return SweepRun(self.spec.shard_features(), self.spec.n_shard_features())
+
     def run(self) -> Iterator[SweepResult]:
         """Yield the results of every feature not yet done (all of them without ``out``), batch by batch."""
         from tqdm.auto import tqdm
 
-        spec = self.spec
-        todo = spec.shard_features()
-        self._check_relative(todo)  # before the folder is opened: a refused sweep leaves nothing behind
-        manifest, store = (None, None)
-        if self.out is not None:
-            manifest, store = self._open_folder()
-            todo = [f for f in todo if f not in store.done]
-        else:  # compute these before the clock starts
-            _ = self.facts
-            _ = self.baseline
-        total = spec.n_shard_features()
-        session = _Session()
-        if manifest is not None and todo:
-            manifest["status"] = "running"
-            manifest.pop("error", None)
-            manifest["sessions"].append({"started_at": session.started_at, "ended_at": None, "features": 0,
-                                         "seconds": 0.0, "device": str(self.lm.device), "engine": self.steerer.engine,
-                                         "batch_size": self.batch_size})
-            st.write_manifest(self.out, manifest)
-        bar = tqdm(total=total, initial=total - len(todo), desc="sweep", unit="feat", disable=not self.progress,
-                   smoothing=0.1, dynamic_ncols=True)
-        per = self._chunk_features()
-        last_manifest = time.time()
-        try:
-            for s in range(0, len(todo), per):
-                batch = todo[s:s + per]
-                results = self.run_features(batch)
-                if store is not None:
-                    store.append([r.to_record() for r in results])
-                session.features += len(batch)
-                bar.update(len(batch))
-                if manifest is not None and time.time() - last_manifest > MANIFEST_EVERY_S:
-                    self._update_manifest(manifest, store, session)
-                    st.write_manifest(self.out, manifest)
-                    last_manifest = time.time()
-                yield from results
-        except SaesteerError as exc:  # refused (e.g. outputs became inf/NaN): say so; rerunning retries
-            if manifest is not None:
-                manifest["status"], manifest["error"] = "failed", str(exc)
-            raise
-        finally:
-            bar.close()
-            if store is not None:
-                self._close(manifest, store, session, total, bool(todo))
-
-    def _close(self, manifest: dict, store: st.ResultStore, session: _Session, total: int, ran: bool) -> None:
-        complete = len(store.done) >= total
-        if complete:
-            store.finalise()
-        else:
-            store.close()
-        if ran:
-            self._update_manifest(manifest, store, session)
-        if complete and manifest.get("status") != "complete":
-            manifest["status"] = "complete"
-            manifest["finished_at"] = _now()
-            manifest["done"] = len(store.done)
-        elif not ran:
-            return
-        st.write_manifest(self.out, manifest)
-
-    def _update_manifest(self, manifest: dict, store: st.ResultStore, session: _Session) -> None:
-        seconds = time.time() - session.started
-        cur = manifest["sessions"][-1]
-        prev_seconds = cur["seconds"]
-        store.flush_sentences()
-        cur.update(ended_at=_now(), features=session.features, seconds=round(seconds, 3))
-        manifest["elapsed_s"] = round(manifest.get("elapsed_s", 0.0) + seconds - prev_seconds, 3)
-        manifest["done"] = len(store.done)
-        computed = sum(x["features"] for x in manifest["sessions"])
-        if manifest["elapsed_s"] > 0 and computed:
-            manifest["features_per_second"] = round(computed / manifest["elapsed_s"], 3)
+        with self.open() as run:
+            if run.todo:
+                run.start(device=str(self.lm.device), engine=self.engine, batch_size=self.config.batch_size)
+            bar = tqdm(total=run.total, initial=run.total - len(run.todo), desc="sweep", unit="feat",
+                       disable=not self.progress, smoothing=0.1, dynamic_ncols=True)
+            try:
+                for batch in run.chunks(self.chunk_features()):
+                    results = self.run_features(batch)
+                    run.record([r.to_record() for r in results])
+                    bar.update(len(batch))
+                    yield from results
+            except SaesteerError as exc:  # refused (e.g. outputs became inf/NaN): say so; rerunning retries
+                run.fail(str(exc))
+                raise
+            finally:
+                bar.close()
 
     def results(self) -> list[SweepResult]:
         """Run to completion; every result of the sweep (with ``out``: including earlier sessions')."""
@@ -460,9 +307,9 @@ class Sweep:
         return [SweepResult.from_record(r) for r in st.load_records(self.out, self.values)]
 
 
-def sweep(steerer, **kwargs) -> list[SweepResult]:
-    """Run a :class:`Sweep` to completion and return its results (keywords as ``Sweep``)."""
-    return Sweep(steerer, **kwargs).results()
+def sweep(steerer, config: SweepConfig | None = None, **kwargs) -> list[SweepResult]:
+    """Run a :class:`Sweep` to completion and return its results (arguments as ``Sweep``)."""
+    return Sweep(steerer, config, **kwargs).results()
 
 
 def load_sweep(directory: str | os.PathLike) -> tuple[dict, list[SweepResult]]:

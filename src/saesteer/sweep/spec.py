@@ -18,6 +18,8 @@ from saesteer.errors import SaesteerError
 from saesteer.steering.values import check_value
 
 SPEC_VERSION = 1
+FIRST_SETTINGS = ("values", "prompt", "mode", "relative", "max_new_tokens", "dtype", "fluency", "shard")
+"""The sweep settings of :class:`SweepSpec`'s own fields; later ones go in ``SweepSpec.options``."""
 
 
 def parse_features(text: str | None, d_sae: int) -> tuple[tuple[int, int], ...]:
@@ -25,8 +27,10 @@ def parse_features(text: str | None, d_sae: int) -> tuple[tuple[int, int], ...]:
 
     ``START:`` runs to the end, ``:STOP`` starts at 0; STOP is exclusive (as in Python).
     """
-    if text is None or text.strip().lower() in ("", "all"):
+    if text is None or text.strip().lower() == "all":
         return ((0, d_sae),)
+    if not text.strip():
+        raise SaesteerError("--features is empty; give all, START:STOP (STOP exclusive) or a list like 1,5,10:20")
     ranges = []
     for part in text.split(","):
         part = part.strip()
@@ -108,16 +112,18 @@ class SweepSpec:
     facts_key: str = ""
     """Identifies the feature facts the metrics use (model, SAE, hook, reference text, settings)."""
     shard: tuple[int, int] = (0, 1)
-    readback: bool = False
-    """Whether each text's readback vector is measured (``evaluation.readback``)."""
+    options: tuple[tuple[str, object], ...] = ()
+    """Result-changing settings added after the first spec (``readback``...), ``(name, value)`` sorted, each
+    listed only when not at its default, so that sweeps without them keep the identity (and fingerprint)
+    they always had."""
     info: dict = field(default_factory=dict, compare=False)
     """Facts about the run that are not part of the identity (model and SAE names, device, engine...)."""
 
     def identity(self) -> dict:
         d = asdict(self)
         d.pop("info")
-        if not self.readback:  # sweeps without it keep the identity (and fingerprint) they always had
-            d.pop("readback")
+        d.pop("options")
+        d.update(dict(self.options))
         d["values"] = list(self.values)
         d["prompt_tokens"] = list(self.prompt_tokens)
         d["features"] = [list(r) for r in self.features]
@@ -144,17 +150,17 @@ class SweepSpec:
             features=tuple((int(a), int(b)) for a, b in d["features"]), mode=d["mode"], relative=bool(d["relative"]),
             max_new_tokens=int(d["max_new_tokens"]), dtype=d["dtype"], fluency=bool(d["fluency"]),
             facts_key=d["facts_key"], shard=(int(d["shard"][0]), int(d["shard"][1])),
-            readback=bool(d.get("readback", False)), info=dict(info or {}),
+            options=tuple(sorted((k, v) for k, v in d.items() if k not in _FIELDS)), info=dict(info or {}),
         )
 
     def differences(self, other: "SweepSpec", *, ignore: tuple[str, ...] = ()) -> list[str]:
         """Names of identity fields that differ, with both values (for error messages)."""
         a, b = self.identity(), other.identity()
         out = []
-        for k in a:
+        for k in list(a) + [k for k in b if k not in a]:
             if k in ignore or a[k] == b.get(k):
                 continue
-            out.append(f"{k}: {_short(a[k])} vs {_short(b.get(k))}")
+            out.append(f"{k}: {_short(a.get(k))} vs {_short(b.get(k))}")
         return out
 
     # ------------------------------------------------------------- features
@@ -172,6 +178,9 @@ class SweepSpec:
         total = sum(b - a for a, b in self.features)
         i, n = self.shard
         return max(0, -(-(total - i) // n))
+
+
+_FIELDS = set(SweepSpec.__dataclass_fields__) - {"options", "info"}
 
 
 def _short(value, limit: int = 60) -> str:

@@ -25,21 +25,24 @@ def sweep(model, sae, hook, device, out, quiet, **options):
     Writes OUT/manifest.json, OUT/results.jsonl and OUT/sentences.txt. Killed at any moment, the same command
     finishes the job; a different command on the same OUT is refused.
     """
+    from saesteer.strength import DEFAULT_MULTIPLE
     from saesteer.sweep.runner import Sweep
 
-    if not options["values"]:  # the default strength is in each feature's own units
-        from saesteer.strength import DEFAULT_MULTIPLE
-
+    default_values = not options["values"]  # the default strength is in each feature's own units
+    if default_values:
         options.update(values=(f"{DEFAULT_MULTIPLE:g}",), relative=True)
-        click.echo(f"values: {DEFAULT_MULTIPLE:g} x each feature's max activation on the reference text"
-                   " (--values V for absolute values)", err=True)
     ray = config_from(RayConfig, options)
     config = config_from(SweepConfig, options)
     if ray.address is None and (ray.workers is not None or ray.gpus_per_worker):
         raise click.UsageError("--workers and --gpus-per-worker go with --ray")
     if ray.address is not None:
-        from saesteer.sweep.distributed import distributed_sweep
+        from saesteer.sweep.distributed import distributed_sweep, import_ray
 
+        import_ray()  # refused before anything else is said
+    if default_values:
+        click.echo(f"values: {DEFAULT_MULTIPLE:g} x each feature's max activation on the reference text"
+                   " (--values V for absolute values)", err=True)
+    if ray.address is not None:
         explicit = click.get_current_context().get_parameter_source("device") != click.core.ParameterSource.DEFAULT
         m = distributed_sweep(model, sae, hook=hook, device=device if explicit else None, out=out, progress=not quiet,
                               config=config, ray=ray)
@@ -68,17 +71,27 @@ def merge(folders, out):
 @click.command()
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--n", default=50, show_default=True, type=click.IntRange(1, 1 << 30), help="Rows to show.")
-@click.option("--sort", default="score", show_default=True,
-              type=click.Choice(["score", "on_target", "lens", "fluency", "repetition", "distinct", "first_diff", "feature"]),
-              help="Metric to rank by (each feature at its best value by that metric).")
+@click.option("--sort", default="steer", show_default=True,
+              type=click.Choice(["steer", "readback", "score", "on_target", "lens", "fluency", "repetition", "distinct",
+                                 "first_diff", "feature"]),
+              help="Metric to rank by (each feature at its best value by that metric); steer combines firing words,"
+                   " the readback rank, fluency and repetition (docs/sweeps.md).")
 @click.option("--query", default=None, metavar="WORD",
               help="Only features whose firing words or top tokens are WORD, or whose text contains it.")
 @click.option("--all-values", is_flag=True, help="One row per result instead of per feature.")
+@click.option("--explain", "explain", default=None, type=click.IntRange(0), metavar="F",
+              help="Say how feature F's steer score comes about at each value, instead of the table.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of rows) for scripts.")
-def top(folder, n, sort, query, all_values, as_json):
+def top(folder, n, sort, query, all_values, explain, as_json):
     """Print the features of a sweep that steer most clearly (or by another metric)."""
-    from saesteer.sweep.rank import format_table, top as top_fn
+    from saesteer.sweep.rank import annotate, explain_feature, format_table, load_folder_records, top as top_fn
 
+    if explain is not None:
+        lines = explain_feature(annotate(load_folder_records(folder)), explain)
+        if not lines:
+            raise click.UsageError(f"feature {explain} is not in this sweep")
+        click.echo(f"feature {explain}, best value first:\n" + "\n".join(lines))
+        return
     rows = top_fn(folder, n=n, sort=sort, query=query, all_values=all_values)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False, indent=2))

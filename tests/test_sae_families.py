@@ -359,3 +359,34 @@ def test_beyond_gpt2_page_prints_what_the_registry_says():
     sae = gemmascope.sae_from_params(meta, source="doc", extra={"folder": gemma.path},
                                      hook_name=gemmascope.hook_from_path(f"{gemma.repo_id}/{gemma.path}"))
     assert repr(sae) in page
+
+
+class Eval:
+    def __reduce__(self):
+        return (eval, ("1 + 1",))
+
+
+@pytest.mark.parametrize("writer", ["torch", "pickle"])
+def test_builtins_eval_pickle_is_refused_too(tmp_path, writer):
+    path = tmp_path / "eval.pt"
+    state = {"encoder.weight": torch.zeros(2, 2), "payload": Eval()}
+    if writer == "torch":
+        torch.save(state, path)
+    else:  # protocol 4 names it builtins.eval
+        path.write_bytes(pickle.dumps(state, protocol=4))
+    assert "corrupt" not in one_line_error(path, "refusing to load", "eval")
+
+
+@pytest.mark.parametrize(("path", "hook"), [
+    ("google/gemma-scope-9b-pt-res/layer_20/width_131k/average_l0_81", "blocks.20.hook_resid_post"),
+    ("models--google--gemma-scope-2b-pt-mlp/snapshots/abc/layer_3/width_16k/average_l0_50", "blocks.3.hook_mlp_out"),
+    ("google/gemma-scope-2b-pt-att/layer_5/width_16k/average_l0_30", "blocks.5.attn.hook_z"),
+    ("google/gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6", "hook_embed"),
+    ("google/gemma-scope-2-4b-pt/resid_post/layer_9_width_16k_l0_small", "blocks.9.hook_resid_post"),
+    ("google/gemma-scope-2-4b-pt/transcoder_all/layer_9_width_16k_l0_big", None),
+    ("/home/me/mlp-res-experiments/layer_3", None),  # not Gemma Scope's layout: the user passes --hook
+])
+def test_gemmascope_hook_from_path(path, hook):
+    from saesteer.saes.gemmascope import hook_from_path
+
+    assert hook_from_path(path.replace("--", "/")) == hook

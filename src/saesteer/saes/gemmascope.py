@@ -32,21 +32,23 @@ def is_gemmascope_tensors(tensors: dict) -> bool:
 
 
 def hook_from_path(text: str) -> str | None:
-    """TransformerLens hook of a Gemma Scope SAE, from its Hub path or repo name; None when not recognisable."""
-    if "embedding" in text:
-        return "hook_embed"
+    """TransformerLens hook of a Gemma Scope SAE from its Hub layout (repo name and folder), or None when the
+    path does not follow it (pass the hook then)."""
     layer = re.search(r"layer_(\d+)", text)
+    if "transcoder" in text or "clt" in text:
+        return None
+    if "gemma-scope" in text and "embedding" in text:
+        return "hook_embed"
     if not layer:
         return None
     L = int(layer.group(1))
-    if "transcoder" in text or "clt" in text:
-        return None
-    if "resid_post" in text or re.search(r"-res\b|-res-|-res/|_res\b", text):
-        return f"blocks.{L}.hook_resid_post"
-    if "mlp" in text:
-        return f"blocks.{L}.hook_mlp_out"
-    if "att" in text:
-        return f"blocks.{L}.attn.hook_z"
+    for marker, site in (("resid_post", "hook_resid_post"), ("mlp_out", "hook_mlp_out"), ("attn_out", "attn.hook_z")):
+        if marker in text:  # Gemma Scope 2 folders
+            return f"blocks.{L}.{site}"
+    repo = re.search(r"gemma-scope-[\w.-]*?-(res|mlp|att)\b", text)  # Gemma Scope repos: gemma-scope-2b-pt-res
+    if repo:
+        site = {"res": "hook_resid_post", "mlp": "hook_mlp_out", "att": "attn.hook_z"}[repo.group(1)]
+        return f"blocks.{L}.{site}"
     return None
 
 
@@ -63,7 +65,7 @@ def sae_from_params(tensors: dict[str, Tensor], *, source: str, hook_name: str |
     if t["W_enc"].dim() != 2:
         raise SaesteerError(f"{source}: W_enc has shape {tuple(t['W_enc'].shape)}, not a matrix")
     d_in, d_sae = (int(n) for n in t["W_enc"].shape)
-    if hook_name == "hook_embed" or "embedding" in source:
+    if hook_name == "hook_embed":
         t["W_enc"], t["W_dec"] = t["W_enc"] / d_in**0.5, t["W_dec"] * d_in**0.5
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, activation="jumprelu", apply_b_dec_to_input=False,
                     hook_name=hook_name, source=source, extra={"format": "gemmascope", **extra})

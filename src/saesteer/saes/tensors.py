@@ -113,12 +113,12 @@ def read_state_dict(path: Path) -> dict:
     return obj
 
 
-SAFE_GLOBAL_MODULES = ("torch", "collections", "builtins", "_codecs", "numpy")
-"""Modules whose globals a plain state dict names (tensor rebuilders, OrderedDict, ...)."""
+SAFE_GLOBALS = ("collections.OrderedDict", "_codecs.encode")
+"""Globals besides ``torch.*`` that a plain state dict names (torch's weights-only unpickler allows them)."""
 
 
 def unsafe_global(path: Path) -> str | None:
-    """The first global outside :data:`SAFE_GLOBAL_MODULES` that the pickle in ``path`` (a torch zip or a raw
+    """The first global other than ``torch.*`` and :data:`SAFE_GLOBALS` that the pickle in ``path`` (a torch zip or a raw
     pickle) would import, read without executing anything; None if there is none or the pickle is unreadable."""
     import pickletools
     import zipfile
@@ -140,7 +140,7 @@ def unsafe_global(path: Path) -> str | None:
                 if isinstance(arg, str):
                     strings.append(arg)
                 continue
-            if name.split(".")[0] not in SAFE_GLOBAL_MODULES:
+            if name.split(".")[0] != "torch" and name not in SAFE_GLOBALS:
                 return name
     except Exception:  # unreadable pickle: corrupt, not refused
         return None

@@ -260,6 +260,51 @@ def test_feature_page_data(client, steerer, facts):
     assert out["suggested_value"] == a["rows"][0]["value"]
     assert [s["label"] for s in client.get("/api/feature/100").json()["sweeps"]] == []
     assert_422(client.get("/api/feature/256"), "feature", "unknown feature 256")
+
+
+def test_feature_page_histogram_of_reference_activations(client, steerer, facts):
+    """Issue 18: the activation histogram counts the SAE's own activations on the facts' reference text."""
+    from saesteer.evaluation.activations import hook_activations
+
+    active = int(facts.max_activation.argmax())
+    h = client.get(f"/api/feature/{active}").json()["histogram"]
+    ref = facts.tensors["reference_tokens"]
+    acts = hook_activations(steerer.model, HOOK, ref)[:, 1:].reshape(-1, steerer.sae.d_in)
+    col = steerer.sae.encode(acts)[:, active]
+    assert h["tokens"] == col.numel() and h["active"] == int((col > 0).sum()) > 0
+    assert sum(h["counts"]) == h["active"] and h["share"] == pytest.approx(h["active"] / h["tokens"])
+    assert h["max"] == pytest.approx(float(col.max()), rel=1e-5) and h["edges"][-1] == pytest.approx(h["max"])
+    assert len(h["edges"]) == len(h["counts"]) + 1
+    assert h["max"] == pytest.approx(facts[active].max_activation, rel=1e-4)
+
+
+def test_search_features_by_meaning(client, facts):
+    """Issue 18: firing words, lens tokens and steered texts at once, ranked; rows carry their meanings."""
+    hits = client.get("/api/features", params={"q": "lighthouse", "limit": 200}).json()
+    feats = {h["feature"]: h for h in hits["features"]}
+    assert {7, 19} <= set(feats) and hits["total"] == len(hits["features"])
+    for f in (7, 19):
+        assert feats[f]["texts_matching"] == feats[f]["texts"] == 2 and "lighthouse" in feats[f]["best_text"]
+    for h in hits["features"]:
+        assert h["firing_words"] == facts[h["feature"]].firing_words
+        assert h["in_words"] == any(w.lower().startswith("lighthouse") for w in h["firing_words"])
+        assert h["score"] == pytest.approx(3 * h["in_words"] + 2 * h["in_lens"] + h["texts_matching"] / h["texts"])
+    assert [h["score"] for h in hits["features"]] == sorted((h["score"] for h in hits["features"]), reverse=True)
+    word = next(w for f in range(40) for w in facts[f].firing_words if w.isalpha())
+    by_word = client.get("/api/features", params={"q": word}).json()["features"]
+    assert by_word and by_word[0]["in_words"] and by_word[0]["score"] >= 3
+    lens = facts[5].lens_top[0].text.strip()
+    if lens.isalpha():
+        assert any(h["feature"] == 5 and h["in_lens"] for h in
+                   client.get("/api/features", params={"q": lens, "limit": 200}).json()["features"])
+    page = search(client, limit=5)
+    for r in page["rows"]:
+        m = page["meanings"][str(r["feature"])]
+        assert m["firing_words"] == facts[r["feature"]].firing_words
+        assert m["lens_tokens"] == [t.text for t in facts[r["feature"]].lens_top][:8]
+    assert client.get("/api/features", params={"q": "zzzqqq"}).json()["total"] == 0
+    assert_422(client.get("/api/features", params={"q": ""}), "q", "at least 1")
+    assert_422(client.get("/api/features", params={"q": "a", "results": 9}), "results", "unknown results folder")
     assert client.get("/api/feature/-1").status_code == 422
     assert client.get("/api/feature/abc").status_code == 422
 
@@ -604,7 +649,7 @@ def test_openapi_schema_matches_docs():
     schema = openapi_schema()
     saved = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
     assert schema == saved, "the API changed: run  python -m saesteer.web.app > docs/openapi.json"
-    assert set(schema["paths"]) == {"/api/info", "/api/generate", "/api/compare", "/api/feature/{feature}",
+    assert set(schema["paths"]) == {"/api/info", "/api/generate", "/api/compare", "/api/feature/{feature}", "/api/features",
                                     "/api/search"}
     props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
     for name in ("prompt", "clamps", "mode", "max_new_tokens", "temperature", "top_p", "seed"):

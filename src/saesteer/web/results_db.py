@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from saesteer.web.results_format import Row, fts_query, parse_record
 
-VERSION = 1
+VERSION = 2
 """Bumped when the layout changes: an index of another version is built again."""
 BATCH = 20_000
 _SCHEMA = """
@@ -23,7 +23,11 @@ CREATE TABLE rows(id INTEGER PRIMARY KEY, feature INTEGER NOT NULL, value REAL, 
 CREATE TABLE features(feature INTEGER PRIMARY KEY);
 CREATE INDEX rows_feature ON rows(feature);
 CREATE VIRTUAL TABLE rows_fts USING fts5(text, content='rows', content_rowid='id');
+CREATE TABLE meaning(feature INTEGER PRIMARY KEY, words TEXT NOT NULL, lens TEXT NOT NULL);
+CREATE VIRTUAL TABLE meaning_fts USING fts5(words, lens, content='meaning', content_rowid='feature');
 """
+SEP = "\n"
+"""Between the words (and tokens) of one feature in the ``meaning`` table."""
 
 
 def _connect(path) -> sqlite3.Connection:
@@ -209,3 +213,85 @@ class ResultsDB:
         page = self.conn.execute(f"{self._select()} FROM rows{cond} ORDER BY {terms} LIMIT ? OFFSET ?",
                                  [*params, -1 if limit is None else limit, offset]).fetchall()
         return total, [self._row(t) for t in page]
+
+    # ----------------------------------------------------------------- meanings (firing words, lens tokens)
+    def meanings_stamp(self):
+        got = self.conn.execute("SELECT value FROM meta WHERE key = 'meanings_stamp'").fetchone()
+        return got[0] if got else None
+
+    def swept_features(self) -> list[int]:
+        return [f for (f,) in self.conn.execute("SELECT feature FROM features ORDER BY feature")]
+
+    def set_meanings(self, items, stamp: str) -> None:
+        """Replace the features' firing words and lens tokens: ``items`` of ``(feature, words, tokens)``."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.execute("DELETE FROM meaning")
+            c.executemany("INSERT INTO meaning VALUES (?, ?, ?)",
+                          [(f, SEP.join(w), SEP.join(t.replace(SEP, "\\n") for t in lens)) for f, w, lens in items])
+            c.execute("INSERT INTO meaning_fts(meaning_fts) VALUES ('rebuild')")
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('meanings_stamp', ?)", (stamp,))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def meanings(self, features) -> dict[int, tuple[list[str], list[str]]]:
+        features = sorted(set(features))
+        if not features:
+            return {}
+        got = self.conn.execute(f"SELECT feature, words, lens FROM meaning WHERE feature IN "
+                                f"({','.join('?' * len(features))})", features)
+        return {f: (w.split(SEP) if w else [], t.split(SEP) if t else []) for f, w, t in got}
+
+    def _matching(self, sql: str, match: str) -> dict[int, int]:
+        try:
+            return dict(self.conn.execute(sql, (match,)).fetchall())
+        except sqlite3.OperationalError:  # a query FTS5 cannot parse matches nothing
+            return {}
+
+    def meaning_search(self, q: str, offset: int = 0, limit: int = 25) -> tuple[int, list[dict]]:
+        """Features whose firing words, lens tokens or steered texts match ``q``, best first: 3 points for the
+        words, 2 for the lens tokens, plus the share of the feature's texts that match."""
+        match = fts_query(q)
+        if match is None:
+            return 0, []
+        words = self._matching("SELECT rowid, 1 FROM meaning_fts WHERE meaning_fts MATCH 'words : (' || ? || ')'",
+                               match)
+        lens = self._matching("SELECT rowid, 1 FROM meaning_fts WHERE meaning_fts MATCH 'lens : (' || ? || ')'",
+                              match)
+        texts = self._matching("SELECT feature, COUNT(*) FROM rows WHERE id IN (SELECT rowid FROM rows_fts WHERE "
+                               "rows_fts MATCH ?) GROUP BY feature", match)
+        found = set(words) | set(lens) | set(texts)
+        sizes = self._counts(found)
+        scored = sorted(((3.0 * (f in words) + 2.0 * (f in lens) + texts.get(f, 0) / max(1, sizes.get(f, 1)), f)
+                         for f in found), key=lambda t: (-t[0], t[1]))
+        page = scored[offset:offset + limit]
+        means = self.meanings(f for _, f in page)
+        out = []
+        for score, f in page:
+            w, t = means.get(f, ([], []))
+            out.append({"feature": f, "score": round(score, 4), "in_words": f in words, "in_lens": f in lens,
+                        "texts_matching": texts.get(f, 0), "texts": sizes.get(f, 0), "firing_words": w,
+                        "lens_tokens": t, "best_text": self._best_text(f, match if f in texts else None)})
+        return len(scored), out
+
+    def _counts(self, features) -> dict[int, int]:
+        features = sorted(features)
+        out: dict[int, int] = {}
+        for i in range(0, len(features), 900):
+            part = features[i:i + 900]
+            out.update(self.conn.execute(f"SELECT feature, COUNT(*) FROM rows WHERE feature IN "
+                                         f"({','.join('?' * len(part))}) GROUP BY feature", part).fetchall())
+        return out
+
+    def _best_text(self, feature: int, match: str | None) -> str | None:
+        sort = "score" if "score" in self.metric_names() else "value"
+        terms, _ = self._order(sort, "desc" if sort == "score" else "asc")
+        where, params = "feature = ?", [feature]
+        if match is not None:
+            where += " AND id IN (SELECT rowid FROM rows_fts WHERE rows_fts MATCH ?)"
+            params.append(match)
+        got = self.conn.execute(f"SELECT text FROM rows WHERE {where} ORDER BY {terms} LIMIT 1", params).fetchone()
+        return got[0] if got else None

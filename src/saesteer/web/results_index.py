@@ -23,11 +23,14 @@ import time
 from pathlib import Path
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.facts_table import FactsTable
 from saesteer.sweep.store import FACTS, MANIFEST, RESULTS
 from saesteer.web.results_db import ResultsDB
 from saesteer.web.results_format import Row, is_results_folder, load_manifest
 
 RELOAD_INTERVAL_S = 5.0
+LENS_SHOWN = 8
+"""Logit-lens tokens kept per feature for the search by meaning."""
 DB_NAME = "browse.sqlite"
 _HEAD = 1 << 16
 """Bytes at the start of results.jsonl compared to tell an append from a rewrite."""
@@ -48,6 +51,7 @@ class ResultsFolder:
         self._manifest_stamp = self._stamp(MANIFEST)
         self.db = self._open()
         self._read_new()
+        self._read_meanings()
 
     # ----------------------------------------------------------------- the database file
     def _stamp(self, name: str):
@@ -137,6 +141,34 @@ class ResultsFolder:
             if stamp != self._manifest_stamp:
                 self.manifest, self._manifest_stamp = load_manifest(self.path), stamp
             self._read_new()
+            self._read_meanings()
+
+    def _read_meanings(self) -> None:
+        """Index the firing words and lens tokens of the swept features, from ``facts/`` (when it changed)."""
+        stamp = self._stamp(f"{FACTS}/facts.json")
+        if stamp is None or self.db.meanings_stamp() == str(stamp):
+            return
+        try:
+            table = FactsTable.load(self.facts_dir)
+        except (OSError, ValueError, KeyError):
+            return
+        ids = table.tensors["lens_top_ids"]
+        items = [(f, list(table.words[f]), [table.token_texts.get(i, "") for i in ids[f, :LENS_SHOWN].tolist() if i >= 0])
+                 for f in self.db.swept_features() if 0 <= f < len(table)]
+        try:
+            self.db.set_meanings(items, str(stamp))
+        except sqlite3.OperationalError:  # a read-only index file: searched without meanings
+            pass
+
+    def meanings(self, features) -> dict[int, tuple[list[str], list[str]]]:
+        """``{feature: (firing words, lens tokens)}`` of those that have facts."""
+        with self._lock:
+            return self.db.meanings(features)
+
+    def meaning_search(self, q: str, offset: int = 0, limit: int = 25) -> tuple[int, list[dict]]:
+        """Features ranked by how well their firing words, lens tokens and texts match ``q``."""
+        with self._lock:
+            return self.db.meaning_search(q, offset, limit)
 
     def close(self) -> None:
         with self._lock:

@@ -28,7 +28,8 @@ def info(request: Request) -> S.InfoResponse:
                         max_new_tokens=S.MAX_NEW_TOKENS, max_clamps=S.MAX_CLAMPS,
                         max_curve_values=S.MAX_CURVE_VALUES, max_positions=svc.max_positions,
                         queue_size=worker.queue_size, request_timeout_s=worker.timeout),
-        results=[S.ResultsInfo(**f.summary()) for f in (results.get(i) for i in range(len(results)))])
+        results=[S.ResultsInfo(**f.summary()) for f in (results.get(i) for i in range(len(results)))],
+        metric_meanings=S.METRIC_MEANINGS)
 
 
 def sweep_rows(results: ResultsIndex, feature: int) -> list[dict]:
@@ -54,15 +55,19 @@ async def feature(feature: Annotated[int, Path(ge=0, description="Feature index,
     return S.FeatureResponse(**out)
 
 
+def folder_of(request: Request, number: int):
+    results: ResultsIndex = request.app.state.results
+    if not number < len(results):
+        raise InputError(("query", "results"), f"unknown results folder {number}; there are {len(results)}"
+                                               " (see /api/info)")
+    return results.get(number)
+
+
 @router.get("/api/search", response_model=S.SearchResponse, tags=["sweeps"])
 def search(query: Annotated[S.SearchQuery, Query()], request: Request) -> S.SearchResponse:
     """A page of one results folder's rows: full-text search over the generated texts, sorted by a
-    metric, paginated."""
-    results: ResultsIndex = request.app.state.results
-    if not query.results < len(results):
-        raise InputError(("query", "results"), f"unknown results folder {query.results}; there are"
-                                               f" {len(results)} (see /api/info)")
-    folder = results.get(query.results)
+    metric, paginated; with the firing words and lens tokens of the features on the page."""
+    folder = folder_of(request, query.results)
     if query.sort not in folder.sort_keys():
         raise InputError(("query", "sort"), f"unknown sort key {query.sort!r}; use one of"
                                             f" {', '.join(folder.sort_keys())}")
@@ -70,4 +75,17 @@ def search(query: Annotated[S.SearchQuery, Query()], request: Request) -> S.Sear
                                 per_feature=query.per_feature, offset=query.offset, limit=query.limit)
     return S.SearchResponse(results=folder.id, label=folder.label, total=total, offset=query.offset,
                             limit=query.limit, sort=query.sort, order=query.order, metrics=folder.metrics,
-                            rows=[S.ResultRow(**r.to_dict()) for r in rows])
+                            rows=[S.ResultRow(**r.to_dict()) for r in rows],
+                            meanings={str(f): S.FeatureMeaning(firing_words=w, lens_tokens=t)
+                                      for f, (w, t) in folder.meanings(r.feature for r in rows).items()})
+
+
+@router.get("/api/features", response_model=S.FeatureSearchResponse, tags=["sweeps"])
+def features(query: Annotated[S.FeatureQuery, Query()], request: Request) -> S.FeatureSearchResponse:
+    """Search features by meaning: their firing words, logit-lens tokens and steered texts at once, ranked
+    (3 points for the firing words, 2 for the lens tokens, plus the share of the feature's texts that
+    match)."""
+    folder = folder_of(request, query.results)
+    total, hits = folder.meaning_search(query.q, query.offset, query.limit)
+    return S.FeatureSearchResponse(results=folder.id, total=total, offset=query.offset, limit=query.limit,
+                                   features=[S.FeatureHit(**h) for h in hits])

@@ -30,6 +30,31 @@ Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_AB
 Feature = Annotated[StrictInt, Field(ge=0)]
 
 
+METRIC_MEANINGS = {
+    "score": "The sweep's score: firing-word and promoted-token hits, less a fluency and repetition penalty "
+             "(text_metrics.score); higher steers more clearly.",
+    "steer": "Combined steer score: firing words plus the readback rank, with fluency and loops counted "
+             "(evaluation.steer_score).",
+    "readback": "Model-internal measure: the feature's mean activation when the unsteered model reads the "
+                "steered text back.",
+    "readback_rank": "Where the feature's own readback ranks against every other swept feature's text at the same "
+                     "value (1 = best).",
+    "readback_p": "Chance of a readback rank this good if the text carried no trace of the feature.",
+    "clamp": "The latent value the feature was clamped to (value x max activation for relative sweeps).",
+    "fire_hits": "Occurrences of the feature's firing words in the text.",
+    "base_fire_hits": "Occurrences of the feature's firing words in the unsteered text.",
+    "lens_hits": "Generated tokens among the tokens its decoder direction promotes (logit lens).",
+    "fluency": "Mean log-probability (nats/token) of the text under the unsteered model.",
+    "fluency_drop": "The unsteered text's fluency minus this one's (nats/token; positive = less fluent).",
+    "repetition": "Share of repeated n-grams in the text (loops).",
+    "distinct": "Share of distinct tokens in the text.",
+    "differs": "1 if the text differs from the unsteered one.",
+    "first_diff": "Position of the first generated token that differs from the unsteered text.",
+    "kl": "Mean KL(p_steered || p_unsteered) over the generated positions (nats).",
+}
+"""What each sweep measure means (shown on hover); measures not listed are shown without a meaning."""
+
+
 class Schema(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -237,6 +262,21 @@ class FeatureSweep(Schema):
     rows: list[ResultRow]
 
 
+class ActivationHistogram(Schema):
+    """How the feature fires on the reference text of its facts."""
+
+    tokens: int
+    """Reference tokens counted."""
+    active: int
+    """Tokens on which it is active (activation > 0)."""
+    share: float
+    """``active / tokens``."""
+    max: float
+    edges: list[float]
+    """Bin edges of the nonzero activations, from 0 to ``max``."""
+    counts: list[int]
+
+
 class FeatureResponse(Schema):
     """What the feature page shows."""
 
@@ -262,6 +302,16 @@ class FeatureResponse(Schema):
     """Its rows in every results folder, best score first."""
     suggested_value: float | None
     """The clamp value of its best-scoring sweep row (what the page sends to the playground)."""
+    histogram: ActivationHistogram | None = None
+    """Its activations on the reference text (null without feature facts)."""
+
+
+class FeatureMeaning(Schema):
+    """What a feature is about, from the results folder's feature facts."""
+
+    firing_words: list[str]
+    lens_tokens: list[str]
+    """Tokens its decoder direction promotes most (logit lens)."""
 
 
 class SearchResponse(Schema):
@@ -278,6 +328,47 @@ class SearchResponse(Schema):
     metrics: list[str]
     """Metric names of the folder (sort keys besides ``feature`` and ``value``)."""
     rows: list[ResultRow]
+    meanings: dict[str, FeatureMeaning] = {}
+    """Firing words and lens tokens of the features on this page (by feature number; empty without facts)."""
+
+
+class FeatureQuery(Schema):
+    """Query parameters of the search for features by meaning."""
+
+    results: Annotated[int, Field(ge=0)] = 0
+    """Which results folder (its ``id`` from ``/api/info``)."""
+    q: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+    """Words (each a word prefix) or ``"quoted phrases"``, looked for in the features' firing words, their
+    logit-lens tokens and their steered texts."""
+    offset: Annotated[int, Field(ge=0)] = 0
+    limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 25
+
+
+class FeatureHit(Schema):
+    """A feature found by meaning, with where the query matched."""
+
+    feature: int
+    score: float
+    """3 if its firing words match, + 2 if its lens tokens do, + the share of its steered texts that do."""
+    in_words: bool
+    in_lens: bool
+    texts_matching: int
+    """Its steered texts that match."""
+    texts: int
+    firing_words: list[str]
+    lens_tokens: list[str]
+    best_text: str | None
+    """Its best-scoring steered text that matches (or its best one)."""
+
+
+class FeatureSearchResponse(Schema):
+    """Features of a results folder ranked by how well they match the query."""
+
+    results: int
+    total: int
+    offset: int
+    limit: int
+    features: list[FeatureHit]
 
 
 class ResultsInfo(Schema):
@@ -324,6 +415,8 @@ class InfoResponse(Schema):
     modes: list[str]
     limits: Limits
     results: list[ResultsInfo]
+    metric_meanings: dict[str, str]
+    """What each sweep measure means."""
 
 
 class ErrorMessage(Schema):

@@ -21,6 +21,7 @@ from typing import Callable
 from saesteer.errors import SaesteerError
 from saesteer.steering.clamp import FeatureClamp
 from saesteer.web.errors import InputError
+from saesteer.web.histogram import ReferenceActivations
 from saesteer.web.results_index import ResultsIndex
 from saesteer.web.schemas import MAX_PROMPT_TOKENS
 
@@ -67,6 +68,7 @@ class Service:
         config = getattr(self.lm.model, "config", None)
         self.max_positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         self.neuronpedia_id = self.sae.cfg.extra.get("neuronpedia_id")
+        self.reference = ReferenceActivations(self.lm.model, self.sae, self.hook)
         self._facts_lock = threading.Lock()
         self._facts: tuple | None = None
 
@@ -208,7 +210,8 @@ class Service:
                        max_activation=card.max_activation, frequency=card.frequency,
                        firing_words=list(card.firing_words), firing_tokens=tok(card.firing_tokens),
                        contexts=[{"activation": c.activation, "before": c.before, "token": c.token,
-                                  "after": c.after} for c in card.contexts])
+                                  "after": c.after} for c in card.contexts],
+                       histogram=self.reference.histogram(table.tensors["reference_tokens"], feature))
         else:
             out["lens_top"], out["lens_bottom"] = self.lens(feature)
         best = [r for s in sweeps for r in s["rows"][:1] if r["value"] is not None]

@@ -649,7 +649,8 @@ def test_openapi_schema_matches_docs():
     schema = openapi_schema()
     saved = json.loads((REPO / "docs" / "openapi.json").read_text(encoding="utf-8"))
     assert schema == saved, "the API changed: run  python -m saesteer.web.app > docs/openapi.json"
-    assert set(schema["paths"]) == {"/api/info", "/api/generate", "/api/compare", "/api/feature/{feature}", "/api/features",
+    assert set(schema["paths"]) == {"/api/info", "/api/generate", "/api/compare", "/api/feature/{feature}",
+                                    "/api/features",
                                     "/api/search"}
     props = schema["components"]["schemas"]["GenerateRequest"]["properties"]
     for name in ("prompt", "clamps", "mode", "max_new_tokens", "temperature", "top_p", "seed"):

@@ -185,7 +185,7 @@ def test_playground_sweeps_and_feature_page(browser, server, steerer, facts, sho
     d.set_window_size(1280, min(height + 140, 2400))  # the whole page in one picture
     d.save_screenshot(str(shots / "feature.png"))
     d.set_window_size(1280, 900)
-    for name in ("playground", "sweeps", "feature"):
+    for name in ("playground", "sweeps", "feature"):  # (docs/screenshots: SAESTEER_UPDATE_SCREENSHOTS=1)
         png = shots / f"{name}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -202,3 +202,68 @@ def test_page_shows_validation_errors(browser, server):
     d.find_element(By.ID, "generate").click()
     wait(d, lambda d: "unknown feature 999" in text_of(d, "#gen-status"))
     assert "error" in d.find_element(By.ID, "gen-status").get_attribute("class")
+
+
+def test_features_by_meaning_strength_sliders_and_what_changed(browser, server, steerer, facts, shots):
+    """Issue 18's views: search by meaning, a slider in units of the feature's max activation, the first
+    difference highlighted, the activation histogram, the sweep measures with their meanings, the curve's
+    values on the feature's scale and the Plot menu filled before any curve."""
+    from selenium.webdriver.common.by import By
+
+    d = browser
+    find = d.find_element
+    d.get("about:blank")  # a fresh page (the same URL with another fragment would keep the old one)
+    d.get(server.url + "/#/sweeps")
+    wait(d, lambda d: text_of(d, "#sweep-total") == "80 rows")
+    heads = [th.text for th in d.find_elements(By.CSS_SELECTOR, "#sweep-table thead th")]
+    assert "firing words" in heads and "lens tokens" in heads
+    score_head = find(By.XPATH, "//table[@id='sweep-table']//th[starts-with(text(), 'score')]")
+    assert "fluency" in score_head.get_attribute("title")
+    find(By.ID, "meaning-q").send_keys("lighthouse")
+    wait(d, lambda d: not find(By.ID, "meaning-table").get_attribute("hidden"))
+    rows = d.find_elements(By.CSS_SELECTOR, "#meaning-table tbody tr")
+    found = [int(r.find_element(By.CSS_SELECTOR, "td a").text) for r in rows]
+    assert {7, 19} <= set(found)
+    assert all(m.text.lower().startswith("lighthouse") for m in d.find_elements(By.CSS_SELECTOR, "#meaning-table mark"))
+    d.save_screenshot(str(shots / "find-features.png"))
+
+    active = int(facts.max_activation.argmax())
+    top = float(facts.max_activation[active])
+    d.get("about:blank")
+    d.get(server.url + f"/#/feature/{active}")
+    wait(d, lambda d: text_of(d, "#feature-title") == f"Feature {active}")
+    assert len(d.find_elements(By.CSS_SELECTOR, "#histogram svg rect")) == 24
+    assert "% of" in text_of(d, "#hist-note")
+    values = [float(v) for v in find(By.ID, "curve-values").get_attribute("value").split(",")]
+    assert values[0] == 0 and values[1] == pytest.approx(top, rel=1e-2) and values[-1] == pytest.approx(8 * top, rel=1e-2)
+    options = [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#curve-metric option")]
+    assert "kl" in options and "score" in options
+
+    d.get("about:blank")
+    d.get(server.url + "/#/playground")
+    wait(d, lambda d: "256 features" in text_of(d, "#model-info"))
+    prompt = find(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys(PROMPT)
+    d.execute_script("document.querySelector('#clamps').replaceChildren(); addClamp(arguments[0], 1);", active)
+    row = find(By.CSS_SELECTOR, "#clamps .clamp-row")
+    slider = row.find_element(By.CSS_SELECTOR, "input.strength")
+    wait(d, lambda d: slider.is_displayed())
+    d.execute_script("arguments[0].value = 6; arguments[0].dispatchEvent(new Event('input'));", slider)
+    value = float(row.find_element(By.CSS_SELECTOR, "input.value").get_attribute("value"))
+    assert value == pytest.approx(6 * top, rel=1e-3) and "6 × max" in row.find_element(By.CSS_SELECTOR, ".rel").text
+    find(By.ID, "generate").click()
+    wait(d, lambda d: text_of(d, "#gen-status").startswith(("done", "error")))
+    assert text_of(d, "#gen-status").startswith("done"), text_of(d, "#gen-status")
+    base = steerer.generate(PROMPT, max_new_tokens=24)
+    steered = steerer.generate(PROMPT, clamps={active: value}, max_new_tokens=24)
+    shown = lambda box: find(By.CSS_SELECTOR, f"#{box} .cont").get_attribute("textContent")  # noqa: E731
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#out-steered .diverge") or base.text == steered.text)
+    assert shown("out-unsteered") == base.text and shown("out-steered") == steered.text
+    if base.text != steered.text:
+        i = next(k for k, (a, b) in enumerate(zip(base.text + "\0", steered.text + "\1")) if a != b)
+        assert find(By.CSS_SELECTOR, "#out-steered .diverge").get_attribute("textContent") == steered.text[i:]
+    words = {w.lower() for w in facts[active].firing_words}
+    for m in d.find_elements(By.CSS_SELECTOR, "#view-playground mark.fw"):
+        assert m.get_attribute("textContent").lower() in words
+    d.save_screenshot(str(shots / "playground-strength.png"))

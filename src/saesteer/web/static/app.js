@@ -88,18 +88,66 @@ function route() {
 }
 
 // ------------------------------------------------------------------------------------------ playground
+const featureCache = new Map();
+
+function featureInfo(f) {
+  // the feature page's data, fetched once per feature (max activation, firing words)
+  if (!featureCache.has(f)) {
+    const p = api(`api/feature/${f}`).catch((e) => { featureCache.delete(f); throw e; });
+    featureCache.set(f, p);
+  }
+  return featureCache.get(f);
+}
+
+const REL_RANGE = 10; // the slider spans -10..10 x the feature's max activation
+
 function addClamp(feature = "", value = 20) {
   const row = el("div", { cls: "clamp-row" });
   const f = el("input", { cls: "feature", type: "number", min: "0", placeholder: "feature", "aria-label": "feature" });
-  const v = el("input", { cls: "value", type: "number", step: "any", "aria-label": "value" });
+  const v = el("input", { cls: "value", type: "number", step: "any", "aria-label": "value", title: "absolute clamp value (latent units)" });
+  const slider = el("input", { cls: "strength", type: "range", min: -REL_RANGE, max: REL_RANGE, step: "0.1",
+    "aria-label": "strength in units of the feature's max activation", hidden: true });
+  const rel = el("span", { cls: "rel muted small" });
   f.value = feature;
   v.value = value;
   const link = el("a", { href: "#/feature", text: "open" });
-  const sync = () => { link.href = f.value === "" ? "#/feature" : `#/feature/${f.value}`; };
-  f.addEventListener("input", sync);
+  let maxAct = null;
+  const showRel = () => {
+    if (maxAct) {
+      rel.textContent = `${fmt(Number(v.value) / maxAct, 3)} × max (${fmt(maxAct)})`;
+      slider.value = Math.max(-REL_RANGE, Math.min(REL_RANGE, Number(v.value) / maxAct));
+    } else {
+      rel.textContent = f.value === "" ? "" : "max activation unknown";
+    }
+  };
+  let ticket = 0;
+  const sync = async () => {
+    link.href = f.value === "" ? "#/feature" : `#/feature/${f.value}`;
+    const mine = ++ticket;
+    maxAct = null;
+    slider.hidden = true;
+    showRel();
+    const n = Number(f.value);
+    if (f.value === "" || !Number.isInteger(n) || n < 0 || (state.info && n >= state.info.d_sae)) return;
+    try {
+      const d = await featureInfo(n);
+      if (mine !== ticket) return;
+      maxAct = d.max_activation && d.max_activation > 0 ? d.max_activation : null;
+    } catch (e) { /* unknown feature: the generate request will say so */ }
+    slider.hidden = !maxAct;
+    showRel();
+  };
+  slider.addEventListener("input", () => {
+    if (!maxAct) return;
+    v.value = Number((Number(slider.value) * maxAct).toPrecision(4));
+    showRel();
+  });
+  v.addEventListener("input", showRel);
+  let timer = null;
+  f.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(sync, 250); });
   sync();
   row.append(el("label", { cls: "inline", text: "Feature" }), f, el("label", { cls: "inline", text: "value" }), v,
-    link, el("button", { type: "button", text: "remove", onclick: () => { row.remove(); clampsChanged(); } }));
+    slider, rel, link, el("button", { type: "button", text: "remove", onclick: () => { row.remove(); clampsChanged(); } }));
   $("#clamps").append(row);
   clampsChanged();
   return row;
@@ -119,6 +167,49 @@ function readClamps() {
 function showContinuation(box, prompt, text) {
   $(".prompt-echo", box).textContent = prompt ? prompt : "<BOS>";
   $(".cont", box).textContent = text;
+}
+
+function markWords(text, words) {
+  // text nodes, with the given (lower-case) words in <mark class="fw">
+  if (!words.size) return [text];
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(/[\p{L}\p{N}']+/gu)) {
+    if (!words.has(m[0].toLowerCase())) continue;
+    if (m.index > last) out.push(text.slice(last, m.index));
+    out.push(el("mark", { cls: "fw", title: "a firing word of a clamped feature", text: m[0] }));
+    last = m.index + m[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
+}
+
+function commonPrefix(a, b) {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+async function showDifference(boxes, r) {
+  // where the steered text first differs from the unsteered one, and the clamped features' firing words
+  const words = new Set();
+  for (const c of r.clamps) {
+    try {
+      for (const w of (await featureInfo(c.feature)).firing_words) words.add(w.toLowerCase());
+    } catch (e) { /* shown without its words */ }
+  }
+  const u = r.unsteered.text, st = r.steered.text;
+  const i = commonPrefix(u, st);
+  for (const [name, text] of [["unsteered", u], ["steered", st]]) {
+    const cont = $(".cont", boxes[name]);
+    const parts = markWords(text.slice(0, i), words);
+    if (i < text.length) {
+      parts.push(el("span", { cls: "diverge", title: "from here on the two texts differ" }, ...markWords(text.slice(i), words)));
+    }
+    cont.replaceChildren(...parts);
+  }
+  const note = i >= Math.max(u.length, st.length) ? "same text" : `the texts differ from character ${i + 1} on`;
+  $(".meta", boxes.steered).textContent += ` · ${note}`;
 }
 
 async function generate() {
@@ -170,6 +261,7 @@ async function generate() {
         }
         const secs = ((performance.now() - t0) / 1000).toFixed(2);
         setStatus(status, `done in ${secs} s (model ${r.elapsed_s.toFixed(2)} s)`);
+        showDifference(boxes, r);
       } else if (ev.event === "error") {
         finished = true;
         setStatus(status, `error ${ev.status}: ${ev.detail}`, true);
@@ -230,15 +322,17 @@ function sweepColumns() {
   cols.push("text");
   for (const m of SHOWN_METRICS) if (metrics.includes(m)) cols.push(m);
   if (!cols.includes(state.sweep.sort)) cols.push(state.sweep.sort);
+  if (state.sweepHasMeanings) cols.push("firing words", "lens tokens");
   return cols;
 }
 
 function renderSweepHead() {
   const tr = el("tr");
   for (const c of sweepColumns()) {
-    const sortable = c !== "text";
+    const sortable = !["text", "firing words", "lens tokens"].includes(c);
     const mark = state.sweep.sort === c ? (state.sweep.order === "desc" ? " ▼" : " ▲") : "";
-    const th = el("th", { cls: (sortable ? "sortable" : "") + (state.sweep.sort === c ? " sorted" : ""), text: c + mark });
+    const th = el("th", { cls: (sortable ? "sortable" : "") + (state.sweep.sort === c ? " sorted" : ""), text: c + mark,
+      title: meaningOf(c) });
     if (sortable) {
       th.addEventListener("click", () => {
         if (state.sweep.sort === c) state.sweep.order = state.sweep.order === "desc" ? "asc" : "desc";
@@ -271,6 +365,7 @@ async function loadSweeps() {
   }
   if (ticket !== sweepTicket) return; // a newer query was sent meanwhile
   state.sweepMetrics = page.metrics;
+  state.sweepHasMeanings = Object.keys(page.meanings || {}).length > 0;
   const sortSelect = $("#sort");
   const keys = ["feature", "value", ...page.metrics];
   if (sortSelect.options.length !== keys.length) {
@@ -287,7 +382,11 @@ async function loadSweeps() {
       if (c === "feature") tr.append(el("td", { cls: "num" }, el("a", { href: `#/feature/${r.feature}`, text: String(r.feature) })));
       else if (c === "value") tr.append(el("td", { cls: "num", text: fmt(r.value) }));
       else if (c === "text") tr.append(textCell(r.text, re));
-      else tr.append(el("td", { cls: "num", text: fmt(r.metrics[c]) }));
+      else if (c === "firing words" || c === "lens tokens") {
+        const m = page.meanings[String(r.feature)];
+        const items = m ? (c === "firing words" ? m.firing_words : m.lens_tokens).slice(0, 5) : [];
+        tr.append(meaningCell(items, c === "firing words" ? "word" : "pos", re));
+      } else tr.append(el("td", { cls: "num", text: fmt(r.metrics[c]) }));
     }
     return tr;
   });
@@ -306,6 +405,59 @@ async function loadSweeps() {
     if (folder.manifest.sae) ctx.push(`SAE: ${folder.manifest.sae}`);
   }
   $("#sweep-context").textContent = ctx.join("   ·   ");
+}
+
+function meaningOf(name) {
+  return (state.info && state.info.metric_meanings[name]) || null;
+}
+
+function highlighted(text, re) {
+  if (!re) return [text];
+  const out = [];
+  let last = 0;
+  for (const m of text.matchAll(re)) {
+    if (m.index > last) out.push(text.slice(last, m.index));
+    out.push(el("mark", { text: m[0] }));
+    last = m.index + m[0].length;
+  }
+  out.push(text.slice(last));
+  return out;
+}
+
+function meaningCell(items, cls, re) {
+  return el("td", { cls: "meaning" }, ...items.map((t) => el("span", { cls: `chip ${cls}` },
+    ...highlighted(JSON.stringify(t).slice(1, -1), re))));
+}
+
+let meaningTicket = 0;
+
+async function findFeatures() {
+  const q = $("#meaning-q").value.trim();
+  const table = $("#meaning-table");
+  if (!q) { table.hidden = true; $("#meaning-total").textContent = ""; return; }
+  const ticket = ++meaningTicket;
+  let page;
+  try {
+    page = await api(`api/features?${new URLSearchParams({ results: state.sweep.results, q, limit: 15 })}`);
+  } catch (e) {
+    $("#meaning-total").textContent = e.message;
+    return;
+  }
+  if (ticket !== meaningTicket) return;
+  const re = highlighter(q);
+  $("#meaning-total").textContent = `${page.total} ${page.total === 1 ? "feature" : "features"}`;
+  const heads = ["feature", "score", "matched in", "firing words", "lens tokens", "best text"];
+  $("thead", table).replaceChildren(el("tr", {}, ...heads.map((h) => el("th", { text: h }))));
+  $("tbody", table).replaceChildren(...page.features.map((h) => {
+    const where = [h.in_words ? "firing words" : null, h.in_lens ? "lens tokens" : null,
+      h.texts_matching ? `${h.texts_matching}/${h.texts} texts` : null].filter((x) => x);
+    return el("tr", {},
+      el("td", { cls: "num" }, el("a", { href: `#/feature/${h.feature}`, text: String(h.feature) })),
+      el("td", { cls: "num", text: fmt(h.score) }), el("td", { cls: "small", text: where.join(", ") }),
+      meaningCell(h.firing_words.slice(0, 8), "word", re), meaningCell(h.lens_tokens.slice(0, 6), "pos", re),
+      textCell(h.best_text || "", re));
+  }));
+  table.hidden = false;
 }
 
 // ------------------------------------------------------------------------------------------ feature page
@@ -351,6 +503,14 @@ async function loadFeature(f) {
     el("span", { cls: "act", title: fmt(c.activation), text: c.token }), c.after,
     el("span", { cls: "muted", text: `  (${fmt(c.activation, 3)})` }))));
   $("#no-facts").hidden = data.facts_from !== null;
+  drawHistogram(data.histogram);
+  showMeasures(data.sweeps);
+  if (data.max_activation && data.max_activation > 0) {
+    $("#curve-values").value = [0, 1, 2, 4, 8].map((k) => fmt(k * data.max_activation, 3)).join(", ");
+    $("#curve-scale").textContent = `0, 1, 2, 4, 8 × max activation ${fmt(data.max_activation)}`;
+  } else {
+    $("#curve-scale").textContent = "";
+  }
   const blocks = data.sweeps.map((s) => {
     const table = el("table", { cls: "rows" });
     const metrics = s.rows.length && "score" in s.rows[0].metrics ? ["score"] : [];
@@ -369,6 +529,43 @@ async function loadFeature(f) {
   $("#curve-table thead").replaceChildren();
   $("#curve-table tbody").replaceChildren();
   setStatus($("#curve-status"), "");
+}
+
+function drawHistogram(h) {
+  const box = $("#histogram");
+  if (!h) { box.replaceChildren(); $("#hist-note").textContent = "(no feature facts)"; return; }
+  $("#hist-note").textContent = `fires on ${fmt(100 * h.share, 3)}% of ${h.tokens} tokens`;
+  if (!h.active) { box.replaceChildren(el("p", { cls: "muted small", text: "It never fires on the reference text." })); return; }
+  const W = 440, H = 110, L = 34, B = 18, T = 6;
+  const top = Math.max(...h.counts);
+  const bw = (W - L - 4) / h.counts.length;
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "activation histogram" });
+  const sy = (c) => (c > 0 ? (Math.log1p(c) / Math.log1p(top)) * (H - T - B) : 0); // log scale: rare strong activations stay visible
+  h.counts.forEach((c, i) => {
+    const bar = svg("rect", { class: "bar", x: L + i * bw, y: H - B - sy(c), width: Math.max(1, bw - 1), height: sy(c) });
+    bar.append(svg("title", {}, `${fmt(h.edges[i])}–${fmt(h.edges[i + 1])}: ${c} tokens`));
+    root.append(bar);
+  });
+  root.append(svg("text", { x: L, y: H - 4 }, "0"));
+  root.append(svg("text", { x: W - 4, y: H - 4, "text-anchor": "end" }, `${fmt(h.max)} (max)`));
+  root.append(svg("text", { x: L - 4, y: T + 8, "text-anchor": "end" }, String(top)));
+  root.append(svg("text", { x: L - 4, y: H - B, "text-anchor": "end" }, "1"));
+  box.replaceChildren(root);
+}
+
+function showMeasures(sweeps) {
+  const blocks = sweeps.map((s) => {
+    const names = [];
+    for (const r of s.rows) for (const k of Object.keys(r.metrics)) if (!names.includes(k)) names.push(k);
+    const table = el("table", { cls: "rows" });
+    table.append(el("thead", {}, el("tr", {}, el("th", { text: "value", title: "the sweep's value" }),
+      ...names.map((m) => el("th", { text: m, title: meaningOf(m) })))));
+    table.append(el("tbody", {}, ...s.rows.map((r) => el("tr", {}, el("td", { cls: "num", text: fmt(r.value) }),
+      ...names.map((m) => el("td", { cls: "num", text: fmt(r.metrics[m]) }))))));
+    return el("div", { cls: "sweep-block" }, el("h4", { text: s.label }), table);
+  });
+  $("#measures-panel").hidden = !blocks.length;
+  $("#measures").replaceChildren(...blocks);
 }
 
 function sendToPlayground() {
@@ -475,7 +672,7 @@ async function start() {
   $("#sort").addEventListener("change", () => { state.sweep.sort = $("#sort").value; state.sweep.offset = 0; loadSweeps(); });
   $("#order").addEventListener("click", () => { state.sweep.order = state.sweep.order === "desc" ? "asc" : "desc"; state.sweep.offset = 0; loadSweeps(); });
   $("#per-feature").addEventListener("change", () => { state.sweep.per_feature = $("#per-feature").checked; state.sweep.offset = 0; loadSweeps(); });
-  $("#sweep-folder").addEventListener("change", () => { state.sweep.results = Number($("#sweep-folder").value); state.sweep.offset = 0; state.sweep.sort = "score"; loadSweeps(); });
+  $("#sweep-folder").addEventListener("change", () => { state.sweep.results = Number($("#sweep-folder").value); state.sweep.offset = 0; state.sweep.sort = "score"; loadSweeps(); findFeatures(); });
   $("#prev").addEventListener("click", () => { state.sweep.offset = Math.max(0, state.sweep.offset - state.sweep.limit); loadSweeps(); });
   $("#next").addEventListener("click", () => { state.sweep.offset += state.sweep.limit; loadSweeps(); });
   $("#feature-go").addEventListener("submit", (e) => {
@@ -486,6 +683,9 @@ async function start() {
   $("#to-playground").addEventListener("click", sendToPlayground);
   $("#curve-run").addEventListener("click", runCurve);
   $("#curve-metric").addEventListener("change", drawCurve);
+  $("#curve-metric").replaceChildren(...Object.entries(CURVE_METRICS).map(([m, t]) => el("option", { value: m, text: t })));
+  let meaningTimer = null;
+  $("#meaning-q").addEventListener("input", () => { clearTimeout(meaningTimer); meaningTimer = setTimeout(findFeatures, 250); });
   clampsChanged();
   try {
     state.info = await api("api/info");

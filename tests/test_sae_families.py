@@ -390,3 +390,16 @@ def test_gemmascope_hook_from_path(path, hook):
     from saesteer.saes.gemmascope import hook_from_path
 
     assert hook_from_path(path.replace("--", "/")) == hook
+
+
+def test_save_sae_refuses_maths_saelens_cannot_express(tmp_path):
+    write_sparsify(tmp_path / "layers.1", activation="groupmax")
+    sae = load_sae(tmp_path / "layers.1")
+    with pytest.raises(SaesteerError, match="no equivalent architecture"):
+        save_sae(sae, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    write_sparsify(tmp_path / "layers.2")  # plain TopK: saved, and it loads back with the same maths
+    plain = load_sae(tmp_path / "layers.2")
+    again = load_sae(save_sae(plain, tmp_path / "plain"))
+    x = x_batch()
+    torch.testing.assert_close(again.reconstruct(x), plain.reconstruct(x), rtol=0, atol=0)

@@ -95,7 +95,8 @@ def test_train_sae_refuses_to_overwrite_an_sae_unless_asked(capsys, tmp_path, ti
     assert _train(tiny_model_dir, out, "--overwrite") == 0
     assert json.loads((out / "cfg.json").read_text())["d_sae"] == 16
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
-    assert [p.name for p in tmp_path.iterdir()] == ["sae"]  # no staging or old copies left
+    left = [p.name for p in tmp_path.iterdir()]
+    assert sorted(left) == [".sae.lock", "sae"]  # no staging or old copies left (the lock file stays, unlocked)
 
 
 def test_train_sae_never_writes_into_an_unrelated_folder(capsys, tmp_path):
@@ -178,3 +179,16 @@ def test_an_unwritable_facts_cache_costs_time_not_the_result(capsys, caplog, mon
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out, dict) and out  # the comparison is there
     assert "could not cache feature facts in /proc/saesteer-cache" in caplog.text
+
+
+def test_train_sae_locks_its_folder_for_the_whole_run(capsys, tmp_path):
+    from saesteer.locks import FolderLock
+
+    out = tmp_path / "sae"
+    with FolderLock(out, what="SAE folder"):  # another run is writing this SAE
+        assert run(["train-sae", "--model", NO_MODEL, *TINY_TRAIN, "--out", str(out)]) == 2
+        err = _one_line(capsys)
+        assert "is in use" in err and f"pid {os.getpid()}" in err and NO_MODEL not in err
+    assert run(["train-sae", "--model", NO_MODEL, *TINY_TRAIN, "--out", str(out)]) == 2
+    assert NO_MODEL in _one_line(capsys)  # free again: the run gets as far as the model
+    assert not out.exists()

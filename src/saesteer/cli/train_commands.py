@@ -70,7 +70,12 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
         raise click.UsageError("--separator goes with --text")
     if k > latents:
         raise SaesteerError(f"--k {k} is larger than --latents {latents}")
-    check_sae_folder(out, overwrite=overwrite)
+    from saesteer.locks import FolderLock
+
+    # Held until the command ends: a second train-sae (or anything else that locks) on OUT is refused at once.
+    check_sae_folder(out, overwrite=overwrite)  # refusals leave nothing behind, not even a lock file
+    click.get_current_context().with_resource(FolderLock(out, what="SAE folder"))
+    check_sae_folder(out, overwrite=overwrite)  # again, now that no other run can change it
     progress = not quiet
     started = time.perf_counter()
     lm = load_model(model, device=device)

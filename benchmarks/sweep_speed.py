@@ -54,12 +54,13 @@ CONTENDERS = {
 }
 
 
-def macs_per_token(n_latents: int = N_LATENTS) -> dict:
+def macs_per_token(n_latents: int | None = None) -> dict:
+    n_latents = n_latents or N_LATENTS
     body = N_LAYERS * 12 * D_MODEL * D_MODEL  # q,k,v,o (4 d^2) + MLP (8 d^2) per layer
     return {"body": body, "unembed": D_MODEL * VOCAB, "sae_encode": D_MODEL * n_latents}
 
 
-def flops_per_feature(tokens: int, n_latents: int = N_LATENTS) -> float:
+def flops_per_feature(tokens: int, n_latents: int | None = None) -> float:
     return 2.0 * sum(macs_per_token(n_latents).values()) * tokens
 
 
@@ -358,6 +359,21 @@ def sweep_chunk_peak(name: str, model, generate, feats, chunk, args) -> tuple[in
     return peak_memory(args.device), rows
 
 
+def op_profile(generate, feats, chunk, top: int = 15) -> list[dict]:
+    """Where a contender's time goes: one pass under ``torch.profiler``, ops ranked by their own time
+    (children excluded), with their share of the pass and their call counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(0, len(feats), chunk):
+            generate(feats[i:i + chunk])
+    stats = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in stats) or 1
+    stats.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [{"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in stats[:top]]
+
+
 def emit(obj) -> None:
     print("@@RESULT " + json.dumps(obj), flush=True)
 
@@ -377,7 +393,8 @@ def serve(name: str, args) -> None:
         elif line.strip() == "finish":
             peak = peak_memory(args.device)
             chunk_peak, rows = sweep_chunk_peak(name, model, generate, feats, chunk, args)
-            emit({"peak_bytes": max(peak, chunk_peak), "sweep_chunk_rows": rows})
+            profiled = op_profile(generate, feats, chunk) if args.profile and name in ("c", "d") else None
+            emit({"peak_bytes": max(peak, chunk_peak), "sweep_chunk_rows": rows, "profile": profiled})
             return
 
 
@@ -429,15 +446,66 @@ def measure_peak(device: str, threads: int | None, seconds: float = 2.0) -> dict
     return out
 
 
+def engine_shapes(rows: int = 1024, block: int = 256, n_latents: int | None = None) -> list[tuple[str, int, int, int]]:
+    """``(name, M, K, N)`` of the matmuls the fast engine runs per decode step of a full sweep chunk: the
+    body's at ``rows`` rows, the widest (unembedding, SAE encode and its strided screen) in ``block``-row
+    blocks."""
+    n_latents = n_latents or N_LATENTS
+    return [("qkv", rows, D_MODEL, 3 * D_MODEL), ("attn_out", rows, D_MODEL, D_MODEL),
+            ("mlp_fc", rows, D_MODEL, 4 * D_MODEL), ("mlp_proj", rows, 4 * D_MODEL, D_MODEL),
+            ("unembed", block, D_MODEL, VOCAB), ("sae_encode", block, D_MODEL, n_latents),
+            ("sae_screen", block, D_MODEL, n_latents // 16)]
+
+
+def measure_engine_shapes(device: str, threads: int | None, seconds: float = 0.5) -> dict:
+    """Matmul rate (GFLOP/s) at each shape the engine runs, through the engine's own ``Linear`` (packed
+    where it packs), float32 and bfloat16; plus the rate the nominal work would run at if every matmul ran
+    at its measured rate (the body's per-layer matmuls weighted by their share of a token's work)."""
+    import torch
+
+    from saesteer.engine.kernels import Linear
+
+    if threads:
+        torch.set_num_threads(threads)
+    macs = {"qkv": 3, "attn_out": 1, "mlp_fc": 4, "mlp_proj": 4}  # per layer, in d_model^2
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        rates, per_token_s, per_token_macs = {}, 0.0, 0
+        for name, M, Kd, N in engine_shapes():
+            x = torch.randn(M, Kd, device=device)
+            lin = Linear(torch.randn(N, Kd, device=device), None, dtype=dtype, device=torch.device(device),
+                         rows_hint=M)
+            xd = x.to(dtype)
+            lin(xd)
+            sync(device)
+            best, end = 0.0, time.perf_counter() + seconds
+            while True:
+                t = time.perf_counter()
+                lin(xd)
+                sync(device)
+                best = max(best, 2.0 * M * Kd * N / (time.perf_counter() - t) / 1e9)
+                if time.perf_counter() > end:
+                    break
+            rates[name] = best
+            token_macs = Kd * N * (N_LAYERS if name in macs else 1)
+            if name == "sae_screen":
+                continue  # not part of the nominal work
+            per_token_macs += token_macs
+            per_token_s += 2.0 * token_macs / (best * 1e9)
+        rates["nominal_work_rate"] = 2.0 * per_token_macs / per_token_s / 1e9
+        out[str(dtype).replace("torch.", "")] = rates
+    return out
+
+
 # --------------------------------------------------------------------------- orchestration
 
 def _worker_cmd(name: str, args) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name]
-    for key in ("features", "tokens", "device", "seed", "mode", "value", "threads", "batch", "repeats"):
+    for key in ("features", "tokens", "device", "seed", "mode", "value", "threads", "batch", "repeats", "latents"):
         value = getattr(args, key)
         if value is not None:
             cmd += [f"--{key}", str(value)]
-    return cmd
+    return cmd + ([] if args.profile else ["--no-profile"])
 
 
 def spawn(name: str, args, tmp: Path) -> dict:
@@ -515,6 +583,7 @@ def fmt_bytes(n: int) -> str:
 
 
 def main(argv=None) -> int:
+    global N_LATENTS
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--features", type=int, default=512, help="features swept (one row each)")
     p.add_argument("--tokens", type=int, default=10, help="tokens generated per feature")
@@ -533,11 +602,16 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the full-forward argmax check")
     p.add_argument("--ablation", action="store_true",
                    help="also run saesteer with its optimisations added one at a time (a few more minutes)")
+    p.add_argument("--latents", type=int, default=N_LATENTS,
+                   help="SAE width (131072: the 128k SAE, whose full-sweep time is then measured, not projected)")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the per-op profile of (c) and (d) and the matmul rates at the engine's shapes")
     p.add_argument("--out", default=str(HERE / "results" / "sweep_speed.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    N_LATENTS = args.latents  # the benchmark's own setting, read by every function here
 
     if args.worker and args.serve:
         serve(args.worker, args)
@@ -560,6 +634,11 @@ def main(argv=None) -> int:
           f" load {info['loadavg_start']:.1f})", flush=True)
     peak = measure_peak(args.device, args.threads)
     print(f"  matmul peak: float32 {peak['float32']:.0f} GFLOP/s, bfloat16 {peak['bfloat16']:.0f} GFLOP/s", flush=True)
+    at_shapes = measure_engine_shapes(args.device, args.threads) if args.profile else None
+    if at_shapes:
+        for dt, rates in at_shapes.items():
+            print(f"  {dt} at the engine's shapes: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items())
+                  + " GFLOP/s", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -609,9 +688,17 @@ def main(argv=None) -> int:
             "peak_bytes": r["peak_bytes"], "sweep_chunk_rows": r.get("sweep_chunk_rows"),
             "gflops": per_feature * fps / 1e9,
             "share_of_peak": per_feature * fps / 1e9 / peak[dtype], "peak_dtype": dtype, "setup_s": r["setup_s"],
+            "share_of_engine_shapes_rate": (per_feature * fps / 1e9 / at_shapes[dtype]["nominal_work_rate"]
+                                            if at_shapes else None),
+            "profile": r.get("profile"),
         }
-        row["projected_32k_s"] = N_LATENTS / fps
-        row["projected_128k_s"] = 4 * N_LATENTS / fps * flops_per_feature(1, 4 * N_LATENTS) / flops_per_feature(1)
+        # the full sweep of this run's SAE is measured-rate x width; the other width scales by its work
+        if N_LATENTS == 4 * 32768:
+            row["projected_128k_s"] = N_LATENTS / fps
+            row["projected_32k_s"] = 32768 / fps * flops_per_feature(1, 32768) / flops_per_feature(1)
+        else:
+            row["projected_32k_s"] = 32768 / fps * flops_per_feature(1, 32768) / flops_per_feature(1)
+            row["projected_128k_s"] = 4 * 32768 / fps * flops_per_feature(1, 4 * 32768) / flops_per_feature(1)
         rows.append(row)
 
     print()
@@ -624,6 +711,10 @@ def main(argv=None) -> int:
         print(f"| ({row['contender']}) {row['what']} | {row['seconds']:.1f} | {row['features_per_s']:.1f} | {speed} |"
               f" {eq} | {fmt_bytes(row['peak_bytes'])} | {100 * row['share_of_peak']:.0f}% of {row['peak_dtype']} |"
               f" {row['projected_32k_s'] / 60:.1f} min | {row['projected_128k_s'] / 60:.1f} min |")
+    for row in rows:
+        if row["profile"]:
+            top = ", ".join(f"{p['op']} {100 * p['share']:.0f}%" for p in row["profile"][:6])
+            print(f"\n({row['contender']}) time by op (self time, one profiled pass): {top}")
     ablation_rows = []
     if ablation is not None:
         print("\n| saesteer, one optimisation at a time | features/s | vs (a) | rows equal |")
@@ -642,8 +733,9 @@ def main(argv=None) -> int:
     info["loadavg_end"] = os.getloadavg()[0]
     report = {
         "settings": {k: getattr(args, k) for k in ("features", "tokens", "device", "mode", "value", "seed", "threads",
-                                                    "batch", "repeats")},
-        "machine": info, "matmul_peak_gflops": peak, "flops_per_feature": per_feature,
+                                                    "batch", "repeats", "latents")},
+        "machine": info, "matmul_peak_gflops": peak, "matmul_at_engine_shapes_gflops": at_shapes,
+        "flops_per_feature": per_feature,
         "macs_per_token": macs_per_token(), "results": rows, "ablation": ablation_rows,
         "fingerprint": prints.pop(),
     }

@@ -191,3 +191,30 @@ def test_families_without_a_fast_decoder_take_the_reference_loop(family):
     assert got == generate_ids(model, prompts, cfg, edits=edits(), eos_token_id=EOS, pad_token_id=EOS)
     with pytest.raises(SaesteerError, match="fast engine does not support"):
         dispatch(model, prompts, cfg, edits=edits(), eos_token_id=EOS, pad_token_id=EOS, engine="fast")
+
+
+# --------------------------------------------------------------------------- CUDA graphs (no GPU here)
+
+def test_cuda_graph_capture_failure_falls_back_to_eager_static_steps(gpt2, monkeypatch):
+    """The CUDA-graph path cannot be measured without a GPU; on CPU its capture fails (no CUDA), and the chunk
+    must restore its step state and keep decoding eagerly with static shapes, with the reference's tokens."""
+    from saesteer.engine.fast import _Chunk
+
+    hook = "blocks.2.hook_resid_post"
+    sae = make_sae(d_in=64, d_sae=256, k=8, hook_name=hook)
+    rows = [{3: 20.0}, {}, {40: -6.0}, {7: 9.0}]
+    prompts = [[EOS], [EOS, 464, 3797], [EOS, 818, 6303, 262], [EOS]]
+    cfg = GenerationConfig(max_new_tokens=6)
+    graphs = []
+    real_setup = _Chunk._static_setup
+
+    def setup_then_capture(self):
+        real_setup(self)
+        self._capture()
+        graphs.append(self.graph)
+
+    monkeypatch.setattr(_Chunk, "_static_setup", setup_then_capture)
+    got = fast.generate_ids_fast(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS,
+                                 static_steps=True)
+    ref = generate_ids(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS)
+    assert graphs == [None] and got == ref

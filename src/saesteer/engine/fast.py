@@ -276,7 +276,8 @@ class _Chunk:
                 self.h_out = self._static_body()
             self.graph = graph
         except Exception:  # capture is an optimisation: fall back to eager static steps
-            torch.cuda.synchronize()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
             self.graph = None
         self._restore(saved)
 

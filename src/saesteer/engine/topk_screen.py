@@ -33,26 +33,21 @@ def screen_unsure(p: SAEPack, x_in: Tensor, flat_c: Tensor, pre_j: Tensor, mask:
     return ((pre_j >= (low - margin)[tokens].unsqueeze(-1)) & mask.unsqueeze(1)).any(dim=-1)
 
 
-def _kept(pre: Tensor, k: int, static: bool):
-    """``(kth [n], indices [n, k] of the kept latents, tie_rows)`` for pre-activations ``pre [n, D]``;
-    ``tie_rows`` (bool ``[n]``) marks tokens where more than k latents reach the k-th value."""
-    n, D = pre.shape
-    top = pre.topk(min(k + 1, D), dim=-1, sorted=True)
-    kth = top.values[:, k - 1]
+def _tie_keep(pre: Tensor, rows: Tensor, k: int) -> Tensor:
+    """The SAE's TopK mask (``topk_keep``, ties to the lowest indices) for rows ``rows`` of ``pre``."""
+    return topk_keep(pre.index_select(0, rows), k)
+
+
+def _kept_indices(pre: Tensor, top, k: int, tie_rows: Tensor, static: bool) -> Tensor:
+    """``[n, k]`` indices of the latents TopK keeps, by the SAE's tie rule."""
+    if static:  # branchless: every row by the tie rule (exactly k ones per row, so topk finds them)
+        return topk_keep(pre, k, branchless=True).to(torch.float32).topk(k, dim=-1).indices
     indices = top.indices[:, :k]
-    if k < D:
-        tie_rows = top.values[:, k] == kth
-    else:
-        tie_rows = torch.zeros(n, dtype=torch.bool, device=pre.device)
-    if static:  # branchless: every row by the tie rule
-        keep = topk_keep(pre, k, branchless=True)
-        return kth, keep.to(torch.float32).topk(k, dim=-1).indices, tie_rows
     if bool(tie_rows.any()):
         rows = tie_rows.nonzero().flatten()
-        keep = topk_keep(pre.index_select(0, rows), k)
         indices = indices.clone()
-        indices[rows] = keep.to(torch.float32).topk(k, dim=-1).indices  # exactly k ones per row
-    return kth, indices, tie_rows
+        indices[rows] = _tie_keep(pre, rows, k).to(torch.float32).topk(k, dim=-1).indices
+    return indices
 
 
 def topk_members(p: SAEPack, x_in: Tensor, pre_j: Tensor, idx: Tensor, mask: Tensor, group: Tensor | None, *,
@@ -77,23 +72,35 @@ def topk_members(p: SAEPack, x_in: Tensor, pre_j: Tensor, idx: Tensor, mask: Ten
     sel = flat_c if todo is None else flat_c.index_select(0, todo)
     pre = blocked(p.encoder, sel, p.row_block)  # [n, d_sae]
     n, D = pre.shape
-    kth, kept, _ = _kept(pre, p.k, static)
+    top = pre.topk(min(p.k + 1, D), dim=-1, sorted=True)
+    kth = top.values[:, p.k - 1]
+    tie_rows = top.values[:, p.k] == kth if p.k < D else torch.zeros(n, dtype=torch.bool, device=device)
     where = torch.full((G * T,), -1, dtype=torch.long, device=device)
     where[torch.arange(G * T, device=device) if todo is None else todo] = torch.arange(n, device=device)
     pos = where[tokens]  # [B, T]: row of ``pre`` for each row token, -1 where the screen decided
     have = pos >= 0
     safe = pos.clamp(min=0)
-    # membership of each clamped latent: is it among its token's kept indices?
-    member = (kept[safe].unsqueeze(-2) == idx.view(B, 1, m, 1)).any(dim=-1) & have.unsqueeze(-1)  # [B, T, m]
+    vals = pre.view(-1).take((safe * D).unsqueeze(-1) + idx.unsqueeze(1))  # [B, T, m] clamped latents' pre
+    kth_r = kth[safe].unsqueeze(-1)
+    member = (vals > kth_r) | ((vals == kth_r) & ~tie_rows[safe].unsqueeze(-1))
+    tied = (vals == kth_r) & tie_rows[safe].unsqueeze(-1) & have.unsqueeze(-1)
+    kept = None
+    if static or bool(tied.any()):  # a clamped latent tied at the k-th value: the SAE's tie rule decides
+        kept = _kept_indices(pre, top, p.k, tie_rows, static)
+        by_rule = (kept[safe].unsqueeze(-2) == idx.view(B, 1, m, 1)).any(dim=-1)
+        member = torch.where(tied, by_rule, member)
+    member = member & have.unsqueeze(-1)
     if p.dtype == torch.float32:
-        value = pre.view(-1).take((safe * D).unsqueeze(-1) + idx.unsqueeze(1)).to(torch.float32)
+        value = vals.to(torch.float32)
     else:
         value = pre_j  # membership from the lower-precision encode, the value exact
     z_j = torch.where(member, torch.relu(value), torch.zeros_like(pre_j))
     recon = None
     if want_recon:
+        if kept is None:
+            kept = _kept_indices(pre, top, p.k, tie_rows, static)
         W_dec = p.enc.W_dec
-        vals = torch.relu(pre.gather(1, kept).to(W_dec.dtype))
-        recon = torch.nn.functional.embedding_bag(kept, W_dec, per_sample_weights=vals, mode="sum")
+        weights = torch.relu(pre.gather(1, kept).to(W_dec.dtype))
+        recon = torch.nn.functional.embedding_bag(kept, W_dec, per_sample_weights=weights, mode="sum")
         recon = (recon + p.enc.b_dec).view(G, T, d)
     return z_j, recon

@@ -52,3 +52,26 @@ def test_strengths_change_the_text_and_stay_fluent(steerer, tmp_path):
             assert s.best == s.fluent
     with pytest.raises(SaesteerError):
         strength_search(steerer, [0], facts, lo=2.0, hi=1.0)
+
+
+def test_sweep_with_auto_strength_clamps_each_feature_at_its_best(steerer, tmp_path):
+    from saesteer.evaluation.strength import best_scales
+    from saesteer.sweep import Sweep, top
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text(REF)
+    out = tmp_path / "sw"
+    kw = dict(features="0:6", values=[1.0, 0.5], max_new_tokens=8, fluency=True, reference_text=ref,
+              cache_dir=str(tmp_path / "c"))
+    sw = Sweep(steerer, out=out, auto_strength=True, **kw)
+    results = sw.results()
+    scales = best_scales(steerer, range(6), sw.facts, max_new_tokens=8)
+    assert [(r.feature, r.value) for r in results] == [(f, v) for f in range(6) for v in (1.0, 0.5)]
+    for r in results:
+        assert r.clamp == pytest.approx(r.value * scales[r.feature], rel=1e-5)
+        g = steerer.generate(None, clamps={r.feature: r.clamp}, max_new_tokens=8)
+        assert list(g.tokens) == r.tokens
+    rows = top(out, n=3)
+    assert len(rows) == 3
+    with pytest.raises(SaesteerError):  # another identity than the same sweep without it
+        Sweep(steerer, out=out, **kw).results()

@@ -107,3 +107,13 @@ def strength_search(steerer, features: Sequence[int], facts, *, prompt: str | No
     _bisect(probe, todo, a, b, steps, test=1)
     fluent.update(a)
     return [Strength(f, s, change.get(i), fluent.get(i)) for i, (f, s) in enumerate(zip(features, scales))]
+
+
+def best_scales(steerer, features: Sequence[int], facts, *, prompt: str | None = None, max_new_tokens: int = 32,
+                mode: str = "delta", lo: float = 0.125, hi: float = 4.0, steps: int = 4) -> dict[int, float]:
+    """``{feature: clamp of one unit}`` for a sweep with an automatic strength: value ``v`` clamps feature
+    ``f`` to ``v * best * max_activation`` (:attr:`Strength.best`; ``hi`` where no strength in range changes
+    the text, 0 for a feature that never fired)."""
+    found = strength_search(steerer, features, facts, prompt=prompt, max_new_tokens=max_new_tokens, mode=mode,
+                            lo=lo, hi=hi, steps=steps)
+    return {s.feature: (s.best if s.best is not None else hi) * s.max_activation for s in found}

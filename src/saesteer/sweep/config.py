@@ -84,6 +84,11 @@ class SweepConfig(Config):
     readback: bool = setting(False, identity=True,
                              help="Also measure each text's readback: the SAE's activations as the unsteered model"
                                   " reads it (model-internal evidence; top --sort readback).")
+    auto_strength: bool = setting(
+        False, identity=True,
+        help="Search each feature's strength by bisection (the largest multiple of its max activation that keeps"
+             " fluency, else the smallest that changes the text); --values then multiply that strength"
+             " (e.g. --values 1).")
     reference_text: str | None = setting(
         None, path="file", help="Text file on which firing tokens are found (default: text the model samples itself).")
     reference_samples: int = setting(256, min=1, max=100_000,

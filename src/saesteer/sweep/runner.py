@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable, facts_key, feature_facts
 from saesteer.evaluation.readback import attach_readback
+from saesteer.evaluation.strength import best_scales
 from saesteer.evaluation.text_metrics import TextMetrics, hits, mean_logprob, text_metrics
 from saesteer.sweep import store as st
 from saesteer.sweep.config import SweepConfig
@@ -244,7 +245,10 @@ class Sweep:
     def run_features(self, features: Sequence[int]) -> list[SweepResult]:
         """Results of ``features`` (every value of each) in one batch: the loop's unit of work."""
         values = self.values
-        rows = [[(f, self.clamp_value(f, v))] for f in features for v in values]
+        c = self.config
+        scales = best_scales(self.steerer, features, self.facts, prompt=c.prompt, max_new_tokens=c.max_new_tokens,
+                             mode=c.mode) if c.auto_strength else None
+        rows = [[(f, self.clamp_value(f, v) if scales is None else v * scales[f])] for f in features for v in values]
         out = self._generate(rows, len(rows))
         texts = [self.lm.continuation(self.prompt_tokens, t) for t in out]
         base = self.baseline

@@ -16,7 +16,9 @@ def model_options(func):
     @click.option("--model", "model", default=DEFAULT_MODEL, show_default=True,
                   help="gpt2-small, a Hugging Face hub id, or a local Hugging Face model directory.")
     @click.option("--sae", "sae", default=DEFAULT_SAE, show_default=True,
-                  help="openai:FAMILY/LOCATION/LAYER, saelens:REPO/FOLDER, or a local SAE folder/.pt/.safetensors.")
+                  help="openai:FAMILY/LOCATION/LAYER, saelens:RELEASE/SAE_ID (SAELens's registry, Gemma Scope),"
+                       " saelens:REPO/FOLDER, hf:REPO/FOLDER, or a local SAE folder (SAELens, Gemma Scope,"
+                       " sparsify, dictionary_learning) or .pt/.safetensors/.npz file.")
     @click.option("--hook", "hook", default=None,
                   help="Hook site such as blocks.6.hook_resid_post (for SAE files that do not name one, or to override).")
     @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, or auto.")

@@ -93,6 +93,7 @@ KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = {          # (importing module, i
     ("saesteer.cli.sweep_commands", "saesteer.sweep.merge"),
     ("saesteer.cli.sweep_commands", "saesteer.sweep.rank"),
     ("saesteer.cli.sweep_commands", "saesteer.sweep.runner"),
+    ("saesteer.cli.train_commands", "saesteer.locks"),
     ("saesteer.cli.train_commands", "saesteer.models.loading"),
     ("saesteer.cli.train_commands", "saesteer.steering.values"),
     ("saesteer.cli.train_commands", "saesteer.training"),

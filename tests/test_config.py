@@ -113,3 +113,26 @@ def test_cli_refuses_empty_features_in_one_line_before_any_work(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert "--features is empty" in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_train_settings_are_one_config_for_the_api_and_the_command(capsys):
+    import torch
+
+    from saesteer.cli.config_options import option_name
+    from saesteer.cli.main import run
+    from saesteer.config import settings_of
+    from saesteer.training import TrainConfig, train_topk_sae
+
+    assert run(["train-sae", "--help"]) == 0
+    out = capsys.readouterr().out
+    for f, s, _ in settings_of(TrainConfig):
+        assert (option_name(f.name, s) in out) == s.cli, f.name
+    assert "SAE width (d_sae)." in out and "--aux-coef" not in out
+    acts = torch.randn(64, 8, generator=torch.Generator().manual_seed(0))
+    a, _ = train_topk_sae(acts, d_sae=16, k=2, steps=3, batch_size=16, seed=1, progress=False)
+    b, _ = train_topk_sae(acts, TrainConfig(d_sae=16, k=2, steps=3, batch_size=16), seed=1, progress=False)
+    assert torch.equal(a.W_enc, b.W_enc) and torch.equal(a.W_dec, b.W_dec)
+    with pytest.raises(TypeError, match="d_sae= and k="):
+        train_topk_sae(acts, steps=3)
+    with pytest.raises(SaesteerError, match="decay_fraction must be at most 1"):
+        train_topk_sae(acts, d_sae=16, k=2, decay_fraction=2.0, progress=False)

@@ -95,3 +95,4 @@ def test_a_killed_merge_leaves_a_temporary_folder_the_next_merge_removes(shards,
     m = merge(shards, out)
     assert m["status"] == "complete" and len(records(out)) == 24
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".merged.") and p.is_dir()] == []
+

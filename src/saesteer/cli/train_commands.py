@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
+from saesteer.cli.config_options import config_from, config_options
 from saesteer.cli.paths import OutputFolder
 from saesteer.errors import SaesteerError
+from saesteer.training.config import TrainConfig
 from saesteer.validation import ValidationConfig
 
 
@@ -23,9 +25,7 @@ def _held_out(acts, n: int):
 @click.command("train-sae")
 @click.option("--model", required=True, help="A local Hugging Face model directory (GPT-2 or Llama family) or hub id.")
 @click.option("--hook", required=True, help="Hook site, e.g. blocks.2.hook_resid_post.")
-@click.option("--latents", default=1024, show_default=True, type=click.IntRange(1, 1 << 24), help="SAE width (d_sae).")
-@click.option("--k", default=16, show_default=True, type=click.IntRange(1, 1 << 16),
-              help="Active latents per token (TopK).")
+@config_options(TrainConfig)
 @click.option("--tokens", default=1_000_000, show_default=True, type=click.IntRange(2, 1 << 34),
               help="Training tokens (activation vectors); with --text, at most this many of the file's.")
 @click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -37,24 +37,17 @@ def _held_out(acts, n: int):
               help="Positions per sampled sequence (or per window of --text).")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
               help="Sampling temperature with --self-generate.")
-@click.option("--epochs", default=2.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Passes over the training tokens.")
-@click.option("--batch-size", default=512, show_default=True, type=click.IntRange(1, 1 << 20),
-              help="Tokens per Adam step.")
-@click.option("--lr", default=None, type=click.FloatRange(0, min_open=True),
-              help="Adam learning rate (default: 5 * 2e-4 / sqrt(latents / 16384)).")
 @click.option("--eval-tokens", default=65_536, show_default=True, type=click.IntRange(0, 1 << 30),
               help="Held-out tokens for the final statistics (sampled with another seed, or the end of --text); "
                    "0 measures on the training tokens.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed for sampling, initialisation and order.")
 @click.option("--device", default="cpu", show_default=True, help="Device the model runs on to collect activations.")
 @click.option("--out", required=True, type=OutputFolder(),
               help="Folder for the SAE (SAELens format): new or empty, or an SAE folder with --overwrite.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the SAE already at --out (the whole folder, swapped in once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separator, seq_len, temperature, epochs,
-              batch_size, lr, eval_tokens, seed, device, out, overwrite, quiet):
+def train_sae(model, hook, tokens, text_file, self_generate, separator, seq_len, temperature, eval_tokens, device, out,
+              overwrite, quiet, **options):
     """Train a TopK SAE (OpenAI v5 recipe) on MODEL's activations at HOOK and save it to OUT.
 
     The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights. OUT is checked
@@ -68,6 +61,8 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
         raise click.UsageError("give --text FILE or --self-generate, not both")
     if separator is not None and not text_file:
         raise click.UsageError("--separator goes with --text")
+    cfg = config_from(TrainConfig, options, hook_name=hook)
+    latents, k, seed = cfg.d_sae, cfg.k, cfg.seed
     if k > latents:
         raise SaesteerError(f"--k {k} is larger than --latents {latents}")
     from saesteer.locks import FolderLock
@@ -92,12 +87,12 @@ def train_sae(model, hook, latents, k, tokens, text_file, self_generate, separat
                                    seed=seed + 1_000_003, progress=progress) if eval_tokens else None)
         source = {"self_generate": True, "temperature": temperature}
     collected = time.perf_counter()
-    sae, stats = train_topk_sae(acts, d_sae=latents, k=k, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                                hook_name=hook, eval_acts=held, progress=progress)
+    sae, stats = train_topk_sae(acts, cfg, eval_acts=held, progress=progress)
     sae.cfg.extra["model_name"] = lm.name
     info = {
         "model": lm.name, "hook": hook, "latents": latents, "k": k, "tokens": int(acts.shape[0]),
-        "source": source, "seq_len": seq_len, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "source": source, "seq_len": seq_len, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "seed": seed,
         "steps": stats.steps, "variance_explained": stats.variance_explained, "l0": stats.l0,
         "dead_fraction": stats.dead_fraction, "eval_tokens": stats.eval_tokens,
         "eval": "held-out" if held is not None else "training tokens",

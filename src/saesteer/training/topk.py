@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from saesteer.errors import SaesteerError
 from saesteer.saes.base import LN_EPS, SAE, SAEConfig
+from saesteer.training.config import TrainConfig
 
 __all__ = ["train_topk_sae", "TrainStats", "StepInfo", "layer_norm", "geometric_median", "evaluate_sae",
            "default_lr"]
@@ -197,23 +198,12 @@ def _check_inputs(acts: Tensor, d_sae: int, k: int, batch_size: int, steps, epoc
 
 def train_topk_sae(
     acts: Tensor,
+    config: TrainConfig | None = None,
     *,
-    d_sae: int,
-    k: int,
-    steps: int | None = None,
-    epochs: float | None = None,
-    batch_size: int = 512,
-    lr: float | None = None,
-    seed: int = 0,
-    hook_name: str | None = None,
-    k_aux: int | None = None,
-    aux_coef: float = 1 / 32,
-    dead_tokens: int | None = None,
-    warmup_steps: int | None = None,
-    decay_fraction: float = 0.2,
     eval_acts: Tensor | None = None,
     progress: bool = True,
     callback: Callable[[StepInfo], object] | None = None,
+    **settings,
 ) -> tuple[SAE, TrainStats]:
     """Train a TopK(k) SAE with ``d_sae`` latents on raw activations ``acts [N, d_in]``.
 
@@ -223,8 +213,15 @@ def train_topk_sae(
     (default a tenth of the training tokens, at most OpenAI's 10M). ``warmup_steps`` (default 1% of steps)
     and ``decay_fraction`` (the last 20% decay linearly to 0) shape the learning rate. ``callback(info)``
     runs after every step; a truthy return value stops training. Returns the SAE (float32, CPU) and
-    :class:`TrainStats`.
+    :class:`TrainStats`. The settings are a :class:`TrainConfig` (``config``) and/or its fields as keywords
+    (``d_sae`` and ``k`` are required without a config).
     """
+    if config is None and not {"d_sae", "k"} <= set(settings):
+        raise TypeError("train_topk_sae() needs d_sae= and k= (or a TrainConfig)")
+    c = TrainConfig.build(config, settings, caller="train_topk_sae")
+    d_sae, k, steps, epochs, batch_size, lr = c.d_sae, c.k, c.steps, c.epochs, c.batch_size, c.lr
+    seed, hook_name, k_aux, aux_coef, dead_tokens = c.seed, c.hook_name, c.k_aux, c.aux_coef, c.dead_tokens
+    warmup_steps, decay_fraction = c.warmup_steps, c.decay_fraction
     _check_inputs(acts, d_sae, k, batch_size, steps, epochs, lr, k_aux, aux_coef)
     if eval_acts is not None and (eval_acts.dim() != 2 or eval_acts.shape[1] != acts.shape[1] or not len(eval_acts)):
         raise SaesteerError(f"eval_acts must be [N, {acts.shape[1]}] with N > 0, got {tuple(eval_acts.shape)}")

@@ -17,7 +17,7 @@ EOS = 50256
 PROMPTS = [[EOS], [EOS, 39, 42661, 318], [EOS, 464, 3290]]
 
 
-@pytest.mark.parametrize("normalize", ["none", "layer_norm", "constant_norm_rescale"])
+@pytest.mark.parametrize("normalize", ["none", "layer_norm", "constant_norm_rescale", "center"])
 def test_add_is_the_decode_difference_of_one_unit(normalize):
     sae = make_sae(activation="relu", normalize=normalize)
     x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0)) * 3
@@ -132,7 +132,7 @@ def test_web_schema_accepts_add():
 
 # ------------------------------------------------------------------ the other SAE families through both engines
 def family_saes(tmp_path):
-    """A gated, a constant-norm-rescale and a sparsify skip-connection SAE at the tiny model's layer 6."""
+    """A gated, a constant-norm-rescale, a sparsify skip-connection and a centring SAE at the tiny model's layer 6."""
     import json as _json
 
     from safetensors.torch import save_file
@@ -156,6 +156,7 @@ def family_saes(tmp_path):
     (folder / "cfg.json").write_text(_json.dumps({"activation": "groupmax", "k": 8, "skip_connection": True,
                                                   "transcode": False, "d_in": 64}))
     out.append(load_sae(folder))
+    out.append(make_sae(activation="relu", normalize="center", d_sae=128))  # a release trained on centred TL
     return out
 
 

@@ -165,6 +165,16 @@ def test_release_spec_loads_saelens_folder_with_neuronpedia_id(hub, tmp_path):
     assert sae.cfg.extra["neuronpedia_id"] == "gpt2-small/6-res-jb"
     assert sae.cfg.extra["release"] == "gpt2-small-res-jb"
     assert sae.cfg.extra["model_from_pretrained_kwargs"] == {"center_writing_weights": True}
+    # trained on TransformerLens's centred residual stream: the mean comes off on the way in, back on the way out
+    assert sae.cfg.normalize == "center" and not sae.plain_maths
+    t = saelens_tensors()
+    x = x_batch() + 3.0
+    mu = x.mean(dim=-1, keepdim=True)
+    z = torch.relu((x - mu - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    torch.testing.assert_close(sae.encode(x), z)
+    torch.testing.assert_close(sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"] + mu)
+    with pytest.raises(SaesteerError, match="centres its input"):
+        save_sae(sae, tmp_path / "saved")
     assert hub.calls[0] == ("jbloom/GPT2-Small-SAEs-Reformatted", "blocks.6.hook_resid_pre/cfg.json")
 
 

@@ -6,7 +6,9 @@ direction). Semantics follow OpenAI's reference ``Autoencoder`` where the two ag
 * ``layer_norm`` normalisation (OpenAI v5): ``mu = x.mean(-1)``, ``std = x.std(-1)`` (unbiased),
   ``x_n = (x - mu) / (std + 1e-5)``; decode multiplies back by ``std`` and adds ``mu`` from the *same* token.
   ``constant_norm_rescale`` (SAELens): ``x_n = x / s`` with ``s = ||x|| / sqrt(d_in)``; decode multiplies by ``s``.
-  Both keep per-token stats ``(mu, s)`` (``mu = 0`` for the rescale) that decode must reuse.
+  ``center``: ``x_n = x - mean(x)``, decode adds the mean back (SAEs trained on TransformerLens with
+  ``center_writing_weights``, whose residual stream has zero mean per token).
+  All keep per-token stats ``(mu, s)`` (``mu = 0`` for the rescale, ``s = 1`` for centering) that decode reuses.
 * encode: ``pre = (x_n - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``, then the activation
   (``relu``; ``topk``: keep the k largest pre-activations, ReLU them; ``jumprelu``: ``pre * (pre > threshold)``).
   TopK ties follow one rule (:func:`topk_keep`): among latents tied with the k-th largest, the lowest indices
@@ -40,7 +42,7 @@ from saesteer.errors import SaesteerError
 
 ACTIVATIONS = ("relu", "topk", "jumprelu", "gated", "groupmax")
 """Every activation some :class:`SAE` class implements (the base class: relu, topk, jumprelu)."""
-NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale")
+NORMALIZATIONS = ("none", "layer_norm", "constant_norm_rescale", "center")
 LN_EPS = 1e-5
 
 
@@ -238,6 +240,9 @@ class SAE(nn.Module):
         if self.cfg.normalize == "constant_norm_rescale":
             scale = x.norm(dim=-1, keepdim=True) / self.cfg.d_in**0.5
             return torch.zeros_like(scale), scale
+        if self.cfg.normalize == "center":
+            mu = x.mean(dim=-1, keepdim=True)
+            return mu, torch.ones_like(mu)
         return None
 
     def normalize(self, x: Tensor, stats: NormStats) -> Tensor:
@@ -246,6 +251,8 @@ class SAE(nn.Module):
         mu, std = stats
         if self.cfg.normalize == "constant_norm_rescale":
             return x / std
+        if self.cfg.normalize == "center":
+            return x - mu
         return (x - mu) / (std + LN_EPS)
 
     def denormalize(self, x_n: Tensor, stats: NormStats) -> Tensor:

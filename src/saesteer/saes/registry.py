@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -133,8 +134,24 @@ def load_release(spec: str, *, progress: bool = True) -> SAE:
         saelens.fold_norm_scaling_factor(sae, float(found.norm_scaling_factor))
     if found.config_overrides.get("hook_name") and sae.hook_name is None:
         sae.with_hook(found.config_overrides["hook_name"])
+    if centered_training(found, sae):
+        sae.cfg = replace(sae.cfg, normalize="center")
     sae.cfg.extra.update(found.extra())
     return sae
+
+
+CENTERED_SITES = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out")
+"""Hooks whose values TransformerLens's ``center_writing_weights`` centres (every write to the residual)."""
+
+
+def centered_training(found: releases.Release, sae: SAE) -> bool:
+    """Whether a release's SAE was trained on TransformerLens with ``center_writing_weights`` at a residual-stream
+    hook: saesteer's hooks give the raw values, so the SAE gets ``center`` normalisation (mean removed on the
+    way in, added back on the way out), which reproduces what it saw in training."""
+    kwargs = found.config_overrides.get("model_from_pretrained_kwargs") or {}
+    hook = sae.hook_name or ""
+    return bool(kwargs.get("center_writing_weights")) and sae.cfg.normalize == "none" and \
+        hook.split(".")[-1] in CENTERED_SITES
 
 
 def load_hub_folder(spec: str, *, progress: bool = True) -> SAE:

@@ -354,6 +354,11 @@ def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
 
 def weights_to_save(sae: SAE) -> dict[str, Tensor]:
     """SAELens's tensor names for ``sae``; SAEs whose maths SAELens folders cannot express are refused."""
+    if sae.cfg.normalize == "center":
+        raise SaesteerError(
+            "cannot save this SAE as an SAELens folder: it centres its input (trained on TransformerLens with"
+            " center_writing_weights), which SAELens folders cannot say; load it from its release instead"
+        )
     if isinstance(sae, GatedSAE):
         return {"W_enc": sae.W_enc, "b_gate": sae.b_enc, "b_mag": sae.b_mag, "r_mag": sae.r_mag,
                 "W_dec": sae.W_dec, "b_dec": sae.b_dec}

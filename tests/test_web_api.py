@@ -111,7 +111,7 @@ def test_generate_equals_the_python_api(client, steerer):
     assert out["unsteered"] == {"tokens": base.tokens, "text": base.text}
     assert out["steered"] == {"tokens": steered.tokens, "text": steered.text}
     assert out["steered"]["tokens"] != out["unsteered"]["tokens"]
-    assert out["clamps"] == [{"feature": 3, "value": 20.0}] and out["mode"] == "delta"
+    assert out["clamps"] == [{"feature": 3, "sae": 0, "value": 20.0}] and out["mode"] == "delta"
 
 
 @pytest.mark.parametrize("settings", [
@@ -442,6 +442,45 @@ def test_a_real_sweep_folder(tmp_path, steerer, facts, monkeypatch):
         assert [r["text"] for r in card["sweeps"][0]["rows"]] == [r.text for r in mine]
 
 
+def test_several_saes_served_together(steerer):
+    """Issue 18: two SAEs of one model at different hooks; clamps of both apply in one generation."""
+    from conftest import make_sae
+
+    from saesteer.engine import GenerationConfig, generate_ids
+    from saesteer.steerer import Steerer
+    from saesteer.steering.clamp import FeatureClamp
+    from saesteer.steering.hooks import make_clamp
+    from saesteer.web.app import create_app
+
+    other = Steerer(steerer.lm, make_sae(d_sae=128, hook_name="blocks.2.hook_resid_post", seed=2))
+    app = create_app([steerer, other], [], queue_size=4, request_timeout=60)
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        info = c.get("/api/info").json()
+        assert [(s["id"], s["hook"], s["d_sae"]) for s in info["saes"]] == [(0, HOOK, 256),
+                                                                           (1, "blocks.2.hook_resid_post", 128)]
+        one = gen(c, clamps=[{"feature": 5, "sae": 1, "value": 30}]).json()
+        assert one["steered"]["tokens"] == other.generate(PROMPT, clamps={5: 30.0}, max_new_tokens=8).tokens
+        assert one["clamps"] == [{"feature": 5, "sae": 1, "value": 30.0}]
+        both = gen(c, clamps=[{"feature": 3, "value": 20}, {"feature": 5, "sae": 1, "value": 30}]).json()
+        ids = [steerer.tokens(PROMPT)]
+        edits = [make_clamp(steerer.model, steerer.sae, [FeatureClamp(3, 20.0)]),
+                 make_clamp(steerer.model, other.sae, [FeatureClamp(5, 30.0)])]
+        (ref,) = generate_ids(steerer.model, ids, GenerationConfig(max_new_tokens=8), edits=edits,
+                              eos_token_id=steerer.lm.eos_token_id, pad_token_id=steerer.lm.pad_token_id,
+                              engine="reference")
+        assert both["steered"]["tokens"] == list(ref)
+        assert both["unsteered"]["tokens"] == steerer.generate(PROMPT, max_new_tokens=8).tokens
+        assert both["steered"]["tokens"] != one["steered"]["tokens"]
+        assert_422(gen(c, clamps=[{"feature": 200, "sae": 1, "value": 1}]), "feature", "features 0..127")
+        assert_422(gen(c, clamps=[{"feature": 1, "sae": 2, "value": 1}]), "sae", "unknown SAE 2")
+        page = c.get("/api/feature/5", params={"sae": 1}).json()
+        assert (page["sae"], page["hook"], page["d_sae"]) == (1, "blocks.2.hook_resid_post", 128)
+        assert_422(c.get("/api/feature/200", params={"sae": 1}), "feature", "unknown feature 200")
+        curve = c.post("/api/compare", json={"feature": 5, "sae": 1, "values": [30], "prompt": PROMPT,
+                                             "max_new_tokens": 6}).json()
+        assert curve["points"][0]["tokens"] == other.generate(PROMPT, clamps={5: 30.0}, max_new_tokens=6).tokens
+
+
 # --------------------------------------------------------------------------- queue, burst, time limits
 def block_worker(app):
     """Occupy the model worker until the returned event is set."""
@@ -597,7 +636,7 @@ def test_dropped_plain_requests_lose_their_work(steerer):
                 steps.append(1)
                 time.sleep(0.01)
 
-        app.state.service.generate = endless
+        app.state.playground.generate = endless
         running = raw_post(srv.port, "/api/generate", {"prompt": "long", "max_new_tokens": 8})
         while not steps:
             assert time.monotonic() < deadline + 10
@@ -717,6 +756,26 @@ def test_serve_on_all_addresses_still_checks_the_host(monkeypatch, capsys, steer
     apps[-1].state.worker.close()
     assert run(["serve", "--host", "0.0.0.0", "--port", "0", "--allow-host", "*"]) == 0
     assert "any Host header" in capsys.readouterr().err
+    apps[-1].state.worker.close()
+
+
+def test_serve_several_saes(monkeypatch, capsys, steerer, tmp_path):
+    """Issue 18: serve --add-sae SPEC (repeatable) serves more SAEs of the same model."""
+    from conftest import make_sae
+
+    from saesteer.cli import serve_commands
+    from saesteer.cli.main import run
+    from saesteer.saes import save_sae
+
+    apps = []
+    monkeypatch.setattr(serve_commands, "serve_app", lambda app, sock: apps.append(app))
+    monkeypatch.setattr(serve_commands, "build_steerer", lambda *a: steerer)
+    folder = save_sae(make_sae(d_sae=128, hook_name="blocks.2.hook_resid_post", seed=2), tmp_path / "layer2")
+    assert run(["serve", "--port", "0", "--add-sae", str(folder)]) == 0
+    services = apps[-1].state.services
+    assert [(s.hook, s.d_sae) for s in services] == [(HOOK, 256), ("blocks.2.hook_resid_post", 128)]
+    assert services[1].lm is services[0].lm  # one model
+    assert "at blocks.2.hook_resid_post" in capsys.readouterr().err
     apps[-1].state.worker.close()
 
 

@@ -71,6 +71,10 @@ def serve_app(app, sock: socket.socket) -> None:
 
 @click.command()
 @model_options
+@click.option("--add-sae", "add_sae", multiple=True, metavar="SPEC",
+              help="Serve another SAE of the same model too (repeatable; e.g. other layers), each with its own"
+                   " feature pages; the playground clamps features of several SAEs together. It must name its"
+                   " hook site (OpenAI, SAELens and saesteer SAEs do).")
 @click.option("--results", "results", multiple=True, type=click.Path(exists=True, file_okay=False),
               metavar="DIR", help="A sweep results folder to browse (repeatable).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -84,7 +88,8 @@ def serve_app(app, sock: socket.socket) -> None:
 @click.option("--timeout", "request_timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1),
               help="Time limit of one request in seconds, waiting included (then 504).")
 @click.option("--openapi", "print_openapi", is_flag=True, help="Print the API's OpenAPI schema and exit (loads nothing).")
-def serve(model, sae, hook, device, results, host, port, allow_host, queue_size, request_timeout, print_openapi):
+def serve(model, sae, hook, device, add_sae, results, host, port, allow_host, queue_size, request_timeout,
+          print_openapi):
     """Serve the playground, sweep browser and feature pages at http://HOST:PORT/."""
     try:
         import uvicorn  # noqa: F401
@@ -95,14 +100,16 @@ def serve(model, sae, hook, device, results, host, port, allow_host, queue_size,
     if print_openapi:
         click.echo(openapi_text(), nl=False)
         return
+    from saesteer.steerer import Steerer
     from saesteer.web.results_index import ResultsIndex
 
     sock = bind(host, port)  # a busy port is one line now, not after loading the model
     try:
         index = ResultsIndex(results)  # read (and check) the folders before loading the model
         st = build_steerer(model, sae, hook, device)
+        steerers = [st] + [Steerer(st.lm, spec, device=device) for spec in add_sae]
         hosts = allowed_hosts(host, allow_host)
-        app = create_app(st, index, queue_size=queue_size, request_timeout=request_timeout, allowed_hosts=hosts)
+        app = create_app(steerers if add_sae else st, index, queue_size=queue_size, request_timeout=request_timeout, allowed_hosts=hosts)
         if not is_loopback(host):
             click.echo(f"warning: serving on {host}: anyone who can reach this address can use the model", err=True)
         if "*" in hosts:
@@ -113,7 +120,8 @@ def serve(model, sae, hook, device, results, host, port, allow_host, queue_size,
         bound = sock.getsockname()[1]
         bare = host.strip("[]")
         shown = f"[{bare}]" if ":" in bare else bare
-        click.echo(f"saesteer: http://{shown}:{bound}/  (model {st.lm.name}, SAE {st.sae.cfg.source or sae},"
+        saes = ", ".join(f"{s.sae.cfg.source or spec} at {s.hook_name}" for s, spec in zip(steerers, (sae, *add_sae)))
+        click.echo(f"saesteer: http://{shown}:{bound}/  (model {st.lm.name}, SAE{'s' if add_sae else ''} {saes},"
                    f" {len(results)} results folder{'s' if len(results) != 1 else ''}; Ctrl+C stops)", err=True)
         serve_app(app, sock)
     finally:

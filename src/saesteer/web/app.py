@@ -31,6 +31,7 @@ from saesteer import __version__
 from saesteer.web import errors, routes_browse, routes_page, routes_steering
 from saesteer.web import schemas as S
 from saesteer.web.middleware import BodyLimit, SecurityHeaders
+from saesteer.web.playground import Playground
 from saesteer.web.results_index import ResultsIndex
 from saesteer.web.service import Service
 from saesteer.web.worker import ModelWorker
@@ -46,8 +47,9 @@ machine)."""
 
 def create_app(steerer, results_dirs: Sequence = (), *, queue_size: int = 8, request_timeout: float = 120.0,
                allowed_hosts: Sequence[str] | None = None) -> FastAPI:
-    """The web app over ``steerer`` (a :class:`~saesteer.steerer.Steerer` with an SAE) and the sweep results
-    folders ``results_dirs`` (paths, or a ready :class:`ResultsIndex`).
+    """The web app over ``steerer`` (a :class:`~saesteer.steerer.Steerer` with an SAE, or a list of them on one
+    model: several SAEs served together) and the sweep results folders ``results_dirs`` (paths, or a ready
+    :class:`ResultsIndex`).
 
     ``queue_size``: requests that may wait for the model (more get 503). ``request_timeout``: seconds a
     request may take, waiting included (then 504). ``allowed_hosts``: accepted ``Host`` names (default: this
@@ -55,8 +57,11 @@ def create_app(steerer, results_dirs: Sequence = (), *, queue_size: int = 8, req
     only.
     """
     results = results_dirs if isinstance(results_dirs, ResultsIndex) else ResultsIndex(results_dirs)
-    service = Service(steerer, results) if steerer is not None else None
-    worker = ModelWorker(queue_size, request_timeout) if steerer is not None else None
+    steerers = [] if steerer is None else list(steerer) if isinstance(steerer, (list, tuple)) else [steerer]
+    if len({id(st.lm) for st in steerers}) > 1:
+        raise ValueError("the served SAEs must share one model (one LoadedModel)")
+    services = [Service(st, results) for st in steerers]
+    worker = ModelWorker(queue_size, request_timeout) if steerers else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -66,7 +71,9 @@ def create_app(steerer, results_dirs: Sequence = (), *, queue_size: int = 8, req
 
     app = FastAPI(title="saesteer", version=__version__, description=DESCRIPTION, lifespan=lifespan,
                   docs_url=None, redoc_url=None, separate_input_output_schemas=False)
-    app.state.service, app.state.worker, app.state.results = service, worker, results
+    app.state.services, app.state.worker, app.state.results = services, worker, results
+    app.state.service = services[0] if services else None
+    app.state.playground = Playground(steerers) if steerers else None
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts or LOCAL_HOSTS))
     app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders)

@@ -28,14 +28,26 @@ def info(request: Request) -> S.InfoResponse:
                         max_new_tokens=S.MAX_NEW_TOKENS, max_clamps=S.MAX_CLAMPS,
                         max_curve_values=S.MAX_CURVE_VALUES, max_positions=svc.max_positions,
                         queue_size=worker.queue_size, request_timeout_s=worker.timeout),
-        results=[S.ResultsInfo(**f.summary()) for f in (results.get(i) for i in range(len(results)))],
+        results=[S.ResultsInfo(**f.summary(), sae=sae_of_folder(request, f)) for f in
+                 (results.get(i) for i in range(len(results)))],
+        saes=[S.SAEInfo(id=i, **{k: v for k, v in s.info().items() if k != "model"})
+              for i, s in enumerate(request.app.state.services)],
         metric_meanings=S.METRIC_MEANINGS)
 
 
-def sweep_rows(results: ResultsIndex, feature: int) -> list[dict]:
-    """The feature's rows in every results folder that has some."""
+def sae_of_folder(request: Request, folder) -> int:
+    """The served SAE a results folder's sweep used: the one at the folder's hook (0 when none is)."""
+    hook = folder.manifest.get("hook")
+    for i, svc in enumerate(request.app.state.services):
+        if svc.hook == hook:
+            return i
+    return 0
+
+
+def sweep_rows(results: ResultsIndex, feature: int, folders: list[int]) -> list[dict]:
+    """The feature's rows in those results folders that have some."""
     out = []
-    for i in range(len(results)):
+    for i in folders:
         folder = results.get(i)
         rows = [r.to_dict() for r in folder.feature_rows(feature)]
         if rows:
@@ -45,14 +57,18 @@ def sweep_rows(results: ResultsIndex, feature: int) -> list[dict]:
 
 @router.get("/api/feature/{feature}", response_model=S.FeatureResponse, tags=["features"], responses=QUEUE_ERRORS)
 async def feature(feature: Annotated[int, Path(ge=0, description="Feature index, in [0, d_sae).")],
-                  request: Request) -> S.FeatureResponse:
+                  request: Request,
+                  sae: Annotated[int, Query(ge=0, lt=S.MAX_SAES, description="Which served SAE.")] = 0
+                  ) -> S.FeatureResponse:
     """What the feature page shows: logit-lens tokens, feature facts where a results folder has them,
     the feature's rows in every results folder, and its Neuronpedia page for OpenAI v5 SAEs."""
-    svc = service_of(request)
+    svc = service_of(request, sae)
     svc.check_feature(feature, ("path", "feature"))
-    sweeps = await run_in_threadpool(sweep_rows, request.app.state.results, feature)  # off the event loop
+    results = request.app.state.results
+    folders = [i for i in range(len(results)) if sae_of_folder(request, results.get(i)) == sae]
+    sweeps = await run_in_threadpool(sweep_rows, results, feature, folders)  # off the event loop
     out = await run_job(request, lambda job: svc.feature(feature, sweeps))
-    return S.FeatureResponse(**out)
+    return S.FeatureResponse(**out, sae=sae)
 
 
 def folder_of(request: Request, number: int):

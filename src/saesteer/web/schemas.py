@@ -28,6 +28,8 @@ Mode = Literal["delta", "reconstruct", "add"]
 MODES = typing.get_args(Mode)
 Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 Feature = Annotated[StrictInt, Field(ge=0)]
+MAX_SAES = 64
+SAEIndex = Annotated[StrictInt, Field(ge=0, lt=MAX_SAES)]
 
 
 METRIC_MEANINGS = {
@@ -65,6 +67,8 @@ class ClampSpec(Schema):
 
     feature: Feature
     """Feature (latent) index, in ``[0, d_sae)``."""
+    sae: SAEIndex = 0
+    """Which served SAE (its ``id`` in ``/api/info``'s ``saes``); clamps of several SAEs apply together."""
     value: Value
     """Clamp value, in the SAE's latent units; finite, at most 1e5 in magnitude."""
 
@@ -104,6 +108,8 @@ class CompareRequest(GenerationFields):
 
     feature: Feature
     """Feature to clamp, in ``[0, d_sae)``."""
+    sae: SAEIndex = 0
+    """Which served SAE."""
     values: Annotated[list[Value], Field(min_length=1, max_length=MAX_CURVE_VALUES)] = list(DEFAULT_CURVE_VALUES)
     """Clamp values, one continuation each."""
 
@@ -281,6 +287,8 @@ class FeatureResponse(Schema):
     """What the feature page shows."""
 
     feature: int
+    sae: int = 0
+    """Which served SAE."""
     d_sae: int
     hook: str
     neuronpedia_url: str | None
@@ -376,6 +384,8 @@ class ResultsInfo(Schema):
 
     id: int
     label: str
+    sae: int = 0
+    """The served SAE its features belong to (the one at its hook; 0 when none matches)."""
     rows: int
     features: int
     metrics: list[str]
@@ -403,8 +413,18 @@ class Limits(Schema):
     """Time limit of a request, queueing included (504 after it)."""
 
 
+class SAEInfo(Schema):
+    """One served SAE."""
+
+    id: int
+    sae: str
+    hook: str
+    d_sae: int
+    neuronpedia_id: str | None
+
+
 class InfoResponse(Schema):
-    """The model, SAE and results folders being served."""
+    """The model, SAEs and results folders being served (``sae``, ``hook``, ``d_sae``: the first SAE's)."""
 
     version: str
     model: str
@@ -415,6 +435,8 @@ class InfoResponse(Schema):
     modes: list[str]
     limits: Limits
     results: list[ResultsInfo]
+    saes: list[SAEInfo]
+    """Every served SAE, by ``id`` (the ``sae`` of clamps, curves and feature pages)."""
     metric_meanings: dict[str, str]
     """What each sweep measure means."""
 

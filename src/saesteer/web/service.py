@@ -5,11 +5,8 @@ strength curves, ``evaluation.feature_card`` / ``feature_facts`` for feature pag
 the job's ``check`` as (part of) its ``on_step`` callback, so a request past its time limit stops within one
 generation step.
 
-Playground semantics: the unsteered continuation is the model with no edit at all; the steered one is
-``Steerer.generate(prompt, clamps=...)`` with the same settings, so both equal what ``saesteer generate``
-prints for the same options (sampling included: both draw from the same seeded stream). Greedy ``delta``
-requests generate both rows in one batch (a row with no clamps is left exactly unchanged in ``delta``
-mode), so they stream side by side; other settings generate them one after the other.
+One Service per served SAE; the playground's generation, which may clamp several SAEs at once, is
+``web.playground``.
 """
 
 from __future__ import annotations
@@ -90,15 +87,6 @@ class Service:
             raise InputError(loc, f"unknown feature {feature}: this SAE has features 0..{self.d_sae - 1}")
         return feature
 
-    def check_clamps(self, clamps) -> list[FeatureClamp]:
-        seen = set()
-        for i, c in enumerate(clamps):
-            self.check_feature(c.feature, ("body", "clamps", i, "feature"))
-            if c.feature in seen:
-                raise InputError(("body", "clamps", i, "feature"), f"feature {c.feature} is clamped twice")
-            seen.add(c.feature)
-        return [FeatureClamp(c.feature, float(c.value)) for c in clamps]
-
     def prompt_tokens(self, prompt: str | None, max_new_tokens: int) -> list[int]:
         """The prompt's ids (BOS first), checked against the token limits."""
         try:
@@ -115,41 +103,6 @@ class Service:
         return ids
 
     # ----------------------------------------------------------------- work (worker thread)
-    def generate(self, req, clamps: list[FeatureClamp], check: Callable, emit: Callable | None = None) -> dict:
-        """The unsteered and steered continuations (``GenerateResponse`` fields); ``emit(event)`` after each
-        step with both texts so far."""
-        t0 = time.perf_counter()
-        kw = dict(mode=req.mode, max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
-                  seed=req.seed)
-        toks: dict[str, list[int]] = {"unsteered": [], "steered": []}
-        step = [0]
-
-        def on_step_for(names: list[str]):
-            def on_step(rows, tokens):
-                check()
-                for r, t in zip(rows.tolist(), tokens.tolist()):
-                    toks[names[r]].append(int(t))
-                if emit is not None:
-                    emit({"event": "step", "step": step[0],
-                          **{n: {"text": self.lm.decode(toks[n]), "n_tokens": len(toks[n])} for n in toks}})
-                step[0] += 1
-            return on_step
-
-        if req.temperature == 0 and req.mode in ("delta", "add"):  # an empty row is a no-op
-            base, steered = self.st.generate_many([req.prompt, req.prompt], rows=[[], clamps],
-                                                  on_step=on_step_for(["unsteered", "steered"]), **kw)
-        else:
-            base = self.st.generate(req.prompt, on_step=on_step_for(["unsteered"]), **kw)
-            steered = self.st.generate(req.prompt, clamps=clamps or None, on_step=on_step_for(["steered"]), **kw)
-        return {
-            "prompt": req.prompt, "prompt_tokens": base.prompt_tokens, "clamps": [c.to_dict() for c in clamps],
-            "mode": req.mode, "max_new_tokens": req.max_new_tokens, "temperature": req.temperature,
-            "top_p": req.top_p, "seed": req.seed,
-            "unsteered": {"tokens": base.tokens, "text": base.text},
-            "steered": {"tokens": steered.tokens, "text": steered.text},
-            "elapsed_s": round(time.perf_counter() - t0, 4),
-        }
-
     def facts(self):
         """``(FactsTable, folder label)`` from the first results folder whose feature facts belong to this
         model, SAE and hook; ``(None, None)`` when none does. Looked up once."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from saesteer.cli.paths import OutputFile
-from saesteer.cli.core_commands import generation_options
+from saesteer.cli.core_commands import generation_options, read_prompts
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.strength import DEFAULT_MULTIPLE, DEFAULT_MULTIPLES, feature_scale
 from saesteer.errors import SaesteerError
@@ -62,6 +62,8 @@ def _png_path(out: str, plot: str | None) -> str:
 @model_options
 @click.option("--prompt", "prompts", multiple=True,
               help="Text to continue (repeatable); without it, generation starts from BOS alone.")
+@click.option("--prompt-file", "prompt_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="More prompts, one per line (blank lines skipped).")
 @click.option("--clamp", "clamps", multiple=True, required=True, metavar="FEATURE=VALUE",
               help="Feature to clamp (repeatable). With --values, FEATURE alone is enough.")
 @click.option("--values", "values_text", default=None, metavar="V1,V2,...",
@@ -82,7 +84,7 @@ def _png_path(out: str, plot: str | None) -> str:
 @click.option("--plot", "plot", default=None, type=OutputFile(),
               help="Where to save the plot PNG (default: the report's name with .png).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def compare(model, sae, hook, device, prompts, clamps, values_text, relative, samples, max_new_tokens, temperature, top_p, seed,
+def compare(model, sae, hook, device, prompts, prompt_file, clamps, values_text, relative, samples, max_new_tokens, temperature, top_p, seed,
             mode, no_bos, text_file, reference_samples, reference_length, no_facts, out, plot, as_json):
     """Continue prompts with and without features clamped, over a sweep of strengths, with metrics.
 
@@ -97,6 +99,7 @@ def compare(model, sae, hook, device, prompts, clamps, values_text, relative, sa
 
     values = parse_clamp_values(values_text)
     pairs = [parse_feature_or_clamp(c) for c in clamps]
+    prompts = [*prompts, *(read_prompts(None, prompt_file) if prompt_file else [])]
     if values is not None and any(v is not None for _, v in pairs):
         click.echo("note: --values replaces the values given in --clamp", err=True)
     if samples > 1 and temperature == 0:

@@ -41,31 +41,59 @@ def generation_options(func):
     return func
 
 
+def prompt_file_option(func):
+    return click.option("--prompt-file", "prompt_file", default=None, type=click.Path(exists=True, dir_okay=False),
+                        help="UTF-8 text file of prompts, one per line (blank lines skipped).")(func)
+
+
+def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str | None]:
+    """The prompts of a command: ``--prompt`` (None = BOS alone) or each line of ``--prompt-file``."""
+    from pathlib import Path
+
+    if prompt_file is None:
+        if prompt and Path(prompt).is_file():
+            click.echo(f"note: --prompt {prompt!r} is used as text; for a file of prompts pass --prompt-file",
+                       err=True)
+        return [prompt]
+    if prompt is not None:
+        raise SaesteerError("pass --prompt or --prompt-file, not both")
+    lines = [line for line in Path(prompt_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise SaesteerError(f"{prompt_file} holds no prompt; write one prompt per line")
+    return lines
+
+
 @click.command()
 @model_options
 @click.option("--prompt", default=None, help="Text to continue; without it, generation starts from BOS alone.")
+@prompt_file_option
 @click.option("--clamp", "clamps", multiple=True, metavar="FEATURE=VALUE", help="Clamp an SAE feature (repeatable).")
 @generation_options
 @click.option("--no-bos", is_flag=True, help="Do not put the BOS token in front of the prompt.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def generate(model, sae, hook, device, prompt, clamps, max_new_tokens, temperature, top_p, seed, mode, no_bos, as_json):
-    """Continue a prompt (or BOS alone), optionally with SAE features clamped."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (a list of them with --prompt-file).")
+def generate(model, sae, hook, device, prompt, prompt_file, clamps, max_new_tokens, temperature, top_p, seed, mode,
+             no_bos, as_json):
+    """Continue a prompt (or BOS alone, or each line of a file), optionally with SAE features clamped."""
     parsed = [parse_clamp(c) for c in clamps]
+    prompts = read_prompts(prompt, prompt_file)
     st = build_steerer(model, sae, hook, device)
-    result = st.generate(prompt, clamps=parsed or None, mode=mode, max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, seed=seed, prepend_bos=not no_bos)
+    results = st.generate_many(prompts, clamps=parsed or None, mode=mode, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed, prepend_bos=not no_bos)
     if as_json:
-        echo_json({
-            "model": model, "sae": sae, "hook": st.hook_name, "mode": mode, "prompt": prompt,
-            "clamps": [c.to_dict() for c in parsed], "prompt_tokens": result.prompt_tokens,
-            "tokens": result.tokens, "text": result.text,
-            "temperature": temperature, "top_p": top_p, "seed": result.seed, "max_new_tokens": max_new_tokens,
-        })
+        objs = [{
+            "model": model, "sae": sae, "hook": st.hook_name, "mode": mode, "prompt": p,
+            "clamps": [c.to_dict() for c in parsed], "prompt_tokens": r.prompt_tokens,
+            "tokens": r.tokens, "text": r.text,
+            "temperature": temperature, "top_p": top_p, "seed": r.seed, "max_new_tokens": max_new_tokens,
+        } for p, r in zip(prompts, results)]
+        echo_json(objs if prompt_file else objs[0])
         return
-    shown = printable(prompt) if prompt else "<BOS>"
-    click.echo(click.style(shown, bold=True) + printable(result.text))
+    for p, r in zip(prompts, results):
+        shown = printable(p) if p else "<BOS>"
+        click.echo(click.style(shown, bold=True) + printable(r.text))
     if temperature > 0:
-        click.echo(f"(sampled with seed {result.seed}: pass --seed {result.seed} to get this text again)", err=True)
+        seed_used = results[0].seed
+        click.echo(f"(sampled with seed {seed_used}: pass --seed {seed_used} to get this text again)", err=True)
 
 
 @click.command()
@@ -100,11 +128,13 @@ def reconstruct(model, sae, hook, device, prompt, top_n, as_json):
 @click.option("--strength", default=DEFAULT_MULTIPLE, show_default=True, type=float,
               help="Without --value: clamp each feature to this multiple of its max activation on reference text.")
 @click.option("--prompt", default=None, help="Prompt for every row (default: BOS alone).")
+@click.option("--prompt-file", "prompt_file", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Prompts, one per line: every feature on every prompt, FEATURE<TAB>PROMPT<TAB>TEXT per line.")
 @generation_options
 @click.option("--batch-size", default=None, type=click.IntRange(1, 1 << 20), help="Rows per forward (default: chosen from memory).")
 @click.option("--out", "out", required=True, type=OutputFile(), help="Output .txt: FEATURE<TAB>TEXT per line (its folder must exist).")
-def batch(model, sae, hook, device, features, offset, value, strength, prompt, max_new_tokens, temperature, top_p,
-          seed, mode, batch_size, out):
+def batch(model, sae, hook, device, features, offset, value, strength, prompt, prompt_file, max_new_tokens,
+          temperature, top_p, seed, mode, batch_size, out):
     """One row per feature, each clamped to VALUE (or to STRENGTH x its own max activation), from BOS (or a
     prompt); save one line per feature."""
     from saesteer.io import atomic_write_text
@@ -125,9 +155,14 @@ def batch(model, sae, hook, device, features, offset, value, strength, prompt, m
                    f" ({min(values):.3g} to {max(values):.3g}; --value V for one absolute value)", err=True)
     else:
         values = [value] * len(feats)
-    results = st.batch_features(feats, values, prompt=prompt, mode=mode, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
-    lines = [f"{f}\t{escape_text(g.text)}" for f, g in zip(feats, results)]
+    prompts = read_prompts(prompt, prompt_file)
+    lines, results = [], []
+    for p in prompts:
+        rows = st.batch_features(feats, values, prompt=p, mode=mode, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size)
+        column = f"{escape_text(p)}\t" if prompt_file else ""
+        lines += [f"{f}\t{column}{escape_text(g.text)}" for f, g in zip(feats, rows)]
+        results += rows
     atomic_write_text(out, "\n".join(lines) + "\n")
     sampled = f" (sampled with seed {results[0].seed})" if results and temperature > 0 else ""
     click.echo(f"wrote {len(lines)} sentences to {out}{sampled}")

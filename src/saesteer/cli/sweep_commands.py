@@ -97,6 +97,16 @@ def top(folder, n, sort, query, all_values, explain, as_json):
         click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False, indent=2))
     else:
         click.echo(format_table(rows))
+        click.echo(TOP_LEGEND)
+
+
+TOP_LEGEND = (
+    "hits W/L: W = words of the text that the feature fires on in the reference text, L = generated tokens among"
+    " the feature's logit-lens (promoted) tokens; steer = combined score (firing words, readback, fluency);"
+    " readback = share of the other features' texts on which this feature reads back weaker than on its own text"
+    " (the unsteered model reads the text, the SAE encodes it; 1 = best)."
+)
+"""What the terminal table's less obvious columns mean (printed under it)."""
 
 
 COMMANDS = [sweep, merge, top]

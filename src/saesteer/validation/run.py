@@ -2,7 +2,7 @@
 a permutation null.
 
 :func:`validate` runs the whole check on a local Hugging Face directory (by default
-``../shared/models/stories260K-hf``):
+the embedded ``stories260K``, the same model as ``../shared/models/stories260K-hf``):
 
 1. sample ``tokens`` activations at a middle layer from text the model samples itself, and train a TopK SAE
    on them (``saesteer.training``); variance explained, L0 and dead latents are measured on held-out samples;
@@ -48,7 +48,8 @@ from saesteer.validation.page import write_outputs
 
 
 
-DEFAULT_MODEL = "../shared/models/stories260K-hf"
+DEFAULT_MODEL = "stories260K"
+"""The embedded stories260K (``saesteer/assets``): found from any working directory, no ../shared needed."""
 REPORT_KEYS = ("variance_explained", "l0", "dead_fraction", "n_features", "clear_bos", "clear_prompt", "clear_both",
                "top20_score_hits")
 

@@ -146,13 +146,19 @@ class Steerer:
         """Prompt ids; ``None`` or ``""`` means the BOS token alone."""
         return self.lm.encode(prompt or "", prepend_bos=prepend_bos)
 
+    def check_prompt(self, prompt: str | None, *, max_new_tokens: int = 0, prepend_bos: bool = True) -> list[int]:
+        """The prompt's ids; a one-line error (before any work) when it is not valid text or, with
+        ``max_new_tokens`` more, does not fit in the model's positions."""
+        ids = self.tokens(prompt, prepend_bos=prepend_bos)
+        self.lm.check_fits(len(ids), max_new_tokens)
+        return ids
+
     # ----------------------------------------------------------------- steps
     @torch.no_grad()
     def run(self, prompt: str, *, prepend_bos: bool = True, hook: str | None = None) -> ForwardResult:
         """Run a prompt once; return the next predicted token and the activation at the hook."""
         name = hook or self._need_hook()
-        ids = self.tokens(prompt, prepend_bos=prepend_bos)
-        self.lm.check_fits(len(ids))
+        ids = self.check_prompt(prompt, prepend_bos=prepend_bos)
         with record(self.lm.model, name) as rec:
             logits = self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device)).logits
         nxt = int(logits[0, -1].argmax())
@@ -200,8 +206,7 @@ class Steerer:
                                   seed=seed, stop_at_eos=stop_at_eos)
         if rows is not None and len(rows) != len(prompts):
             raise SaesteerError(f"rows gives {len(rows)} clamp sets for {len(prompts)} prompts")
-        ids = [self.tokens(p, prepend_bos=prepend_bos) for p in prompts]
-        self.lm.check_fits(max(map(len, ids), default=0), max_new_tokens)
+        ids = [self.check_prompt(p, max_new_tokens=max_new_tokens, prepend_bos=prepend_bos) for p in prompts]
         edits = self._edits(clamps, rows, mode, edit)
         out = generate_ids(self.lm.model, ids, config, edits=edits, eos_token_id=self.lm.eos_token_id,
                            pad_token_id=self.lm.pad_token_id, on_step=on_step, engine=self.engine, dtype=dtype,

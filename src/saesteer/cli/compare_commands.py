@@ -107,6 +107,8 @@ def compare(model, sae, hook, device, prompts, prompt_file, clamps, values_text,
                             " all the same)")
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
+    for p in prompts or [None]:  # before any work (feature facts, generation)
+        st.check_prompt(p, max_new_tokens=max_new_tokens, prepend_bos=not no_bos)
     bare = values is None and any(v is None for _, v in pairs)
     if (bare or relative) and no_facts:
         f = next((f for f, v in pairs if v is None), pairs[0][0])
@@ -168,6 +170,7 @@ def feature(model, sae, hook, device, feature, values_text, relative, prompt, ma
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)
     st.sae.check_feature(feature)
+    st.check_prompt(prompt, max_new_tokens=max_new_tokens)  # before the feature facts are computed
     if values is None or relative:
         multiples = values if values is not None else list(DEFAULT_MULTIPLES)
         scale = feature_scale(st, [feature], reference_text=text_file, reference_samples=reference_samples,

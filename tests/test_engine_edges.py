@@ -218,3 +218,23 @@ def test_cuda_graph_capture_failure_falls_back_to_eager_static_steps(gpt2, monke
                                  static_steps=True)
     ref = generate_ids(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS)
     assert graphs == [None] and got == ref
+
+
+# --------------------------------------------------------------------------- every switch keeps float32 exact
+
+@pytest.mark.parametrize("switch", [dict(pack_weights=False), dict(unembed_screen=False), dict(topk_screen_stride=1),
+                                    dict(topk_screen_stride=4), dict(share_prefixes=False), dict(share_max_groups=1.0),
+                                    dict(batch_size=3)])
+def test_every_fast_option_gives_the_reference_tokens_in_float32(gpt2, switch):
+    from saesteer.engine.options import FastOptions
+
+    hook = "blocks.1.hook_resid_post"
+    sae = make_sae(d_in=64, d_sae=512, k=4, hook_name=hook, seed=3)
+    rows = [{(37 * i) % 512: 20.0 if i % 3 else 1.5} for i in range(8)]
+    prompts = [[EOS]] * 6 + [[EOS, 464, 3797], [EOS, 818]]
+    cfg = GenerationConfig(max_new_tokens=6)
+    ref = generate_ids(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS)
+    fast.clear_cache()
+    got = fast.generate_ids_fast(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS,
+                                 options=FastOptions(**switch))
+    assert got == ref

@@ -15,6 +15,7 @@ from saesteer.engine.options import FastOptions
 from saesteer.engine.packs import SAEPack, sae_pack
 from saesteer.engine.topk_screen import topk_members
 from saesteer.errors import SaesteerError
+from saesteer.models.hook_sites import hook_site
 from saesteer.steering.clamp import SAEClamp
 
 
@@ -142,8 +143,6 @@ def select_rows(fn, index: Tensor):
 def resolve_edits(model: nn.Module, edits, dtype: torch.dtype,
                   options: FastOptions = FastOptions()) -> list[tuple[int, str, object]]:
     """``[(layer, kind, fn)]`` in the given order; SAE clamps with a fused form are swapped for it."""
-    from saesteer.models.hook_sites import hook_site
-
     out = []
     for name, fn in edits:
         site = hook_site(model, name)  # same one-line errors as the reference engine

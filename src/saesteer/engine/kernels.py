@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from saesteer.engine.kvcache import KVCache
+
 # Activation name -> (oneDNN attr, oneDNN algorithm, eager function).
 _ACTS = {
     "none": ("none", "", None),
@@ -245,16 +247,12 @@ class Decoder:
 
     # ---- the shared skeleton
     def new_cache(self, rows: int, max_len: int, cache=None):
-        from saesteer.engine.kvcache import KVCache
-
         shape = (self.n_layers, rows, self.n_kv_heads, max_len, self.head_dim)
         if cache is not None and cache.fits(*shape, self.dtype, self.device):
             return cache.reset(rows)
         return KVCache(*shape, dtype=self.dtype, device=self.device)
 
     def cache_bytes_per_row(self, max_len: int) -> int:
-        from saesteer.engine.kvcache import KVCache
-
         return KVCache.bytes_per_row(self.n_layers, self.n_kv_heads, max_len, self.head_dim, self.dtype)
 
     def attention(self, layer: int, x: Tensor, ctx: StepContext) -> Tensor:

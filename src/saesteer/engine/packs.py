@@ -13,9 +13,12 @@ from torch import nn
 
 from saesteer.engine.batching import CPU_ROW_BLOCK, row_block
 from saesteer.engine.generate import GenerationConfig
+from saesteer.engine.gpt2_decoder import GPT2Decoder, gpt2_unsupported
 from saesteer.engine.kernels import Decoder, Linear
+from saesteer.engine.llama_decoder import LlamaDecoder, llama_unsupported
 from saesteer.engine.options import FastOptions
 from saesteer.errors import SaesteerError
+from saesteer.models.loading import parse_dtype
 from saesteer.saes.base import SAE
 
 TOPK_SCREEN_STRIDE = 16
@@ -28,12 +31,8 @@ def decoder_class(model: nn.Module):
     a fast decoder (Gemma, GPT-NeoX, Phi-3, ...) take the reference loop."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "gpt2":
-        from saesteer.engine.gpt2_decoder import GPT2Decoder, gpt2_unsupported
-
         return GPT2Decoder, gpt2_unsupported
     if model_type == "llama":
-        from saesteer.engine.llama_decoder import LlamaDecoder, llama_unsupported
-
         return LlamaDecoder, llama_unsupported
     return None, None
 
@@ -92,8 +91,6 @@ def _cached(store, owner: nn.Module, key, build):
 def decoder_for(model: nn.Module, dtype: torch.dtype | str | None = None,
                 options: FastOptions = FastOptions()) -> Decoder:
     """The packed decoder of ``model`` in ``dtype`` (default: the model's dtype), built once and cached."""
-    from saesteer.models.loading import parse_dtype
-
     dtype = parse_dtype(dtype) or next(model.parameters()).dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise SaesteerError(f"the fast engine computes in float32, bfloat16 or float16, not {dtype}")

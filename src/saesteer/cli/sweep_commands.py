@@ -9,7 +9,12 @@ import click
 from saesteer.cli.config_options import config_from, config_options
 from saesteer.cli.options import build_steerer, model_options
 from saesteer.cli.paths import OutputFolder
+from saesteer.strength import DEFAULT_MULTIPLE
 from saesteer.sweep.config import RayConfig, SweepConfig
+from saesteer.sweep.distributed import distributed_sweep, import_ray
+from saesteer.sweep.merge import merge as merge_fn
+from saesteer.sweep.rank import annotate, explain_feature, format_table, load_folder_records, top as top_fn
+from saesteer.sweep.runner import Sweep
 from saesteer.sweep.store import read_manifest
 
 
@@ -25,9 +30,6 @@ def sweep(model, sae, hook, device, out, quiet, **options):
     Writes OUT/manifest.json, OUT/results.jsonl and OUT/sentences.txt. Killed at any moment, the same command
     finishes the job; a different command on the same OUT is refused.
     """
-    from saesteer.strength import DEFAULT_MULTIPLE
-    from saesteer.sweep.runner import Sweep
-
     default_values = not options["values"]  # the default strength is in each feature's own units
     if default_values:
         options.update(values=(f"{DEFAULT_MULTIPLE:g}",), relative=True)
@@ -36,8 +38,6 @@ def sweep(model, sae, hook, device, out, quiet, **options):
     if ray.address is None and (ray.workers is not None or ray.gpus_per_worker):
         raise click.UsageError("--workers and --gpus-per-worker go with --ray")
     if ray.address is not None:
-        from saesteer.sweep.distributed import distributed_sweep, import_ray
-
         import_ray()  # refused before anything else is said
     if default_values:
         click.echo(f"values: {DEFAULT_MULTIPLE:g} x each feature's max activation on the reference text"
@@ -62,8 +62,6 @@ def sweep(model, sae, hook, device, out, quiet, **options):
 @click.option("--out", required=True, type=OutputFolder(), help="New folder for the merged sweep.")
 def merge(folders, out):
     """Join the shard folders of one sweep (saesteer sweep --shard I/N) into one folder."""
-    from saesteer.sweep.merge import merge as merge_fn
-
     m = merge_fn(folders, out)
     click.echo(f"merged {len(folders)} shards: {m['n_features']} features into {out}", err=True)
 
@@ -84,8 +82,6 @@ def merge(folders, out):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of rows) for scripts.")
 def top(folder, n, sort, query, all_values, explain, as_json):
     """Print the features of a sweep that steer most clearly (or by another metric)."""
-    from saesteer.sweep.rank import annotate, explain_feature, format_table, load_folder_records, top as top_fn
-
     if explain is not None:
         lines = explain_feature(annotate(load_folder_records(folder)), explain)
         if not lines:

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from saesteer.errors import SaesteerError
+from saesteer.models.loading import resolve_device
+from saesteer.steerer import Steerer
 from saesteer.sweep.config import RayConfig, SweepConfig
 from saesteer.sweep.folder import SweepRun
 from saesteer.sweep.runner import Baseline, Sweep
@@ -51,12 +53,8 @@ def import_ray():
 # --------------------------------------------------------------------------- the worker
 def _build_steerer(build: dict, objects=None):
     """The worker's Steerer, from plain arguments (spec strings or paths) or from the driver's model and SAE."""
-    from saesteer.steerer import Steerer
-
     if build["kind"] == "spec":
         return Steerer(build["model"], build["sae"], hook=build["hook"], device=build["device"])
-    from saesteer.models.loading import resolve_device
-
     lm, sae = objects
     lm.model.to(resolve_device(build["device"]))
     return Steerer(lm, sae, hook=build["hook"])
@@ -227,9 +225,6 @@ def _worker_device(device: str | None, rc: RayConfig) -> str:
 def _driver_steerer(model, sae, hook, device: str, rc: RayConfig):
     """The driver's own Steerer (it opens the folder, and computes the facts and the baseline, once), and how
     the workers build theirs."""
-    from saesteer.models.loading import resolve_device
-    from saesteer.steerer import Steerer
-
     if isinstance(model, Steerer):
         if sae is not None or hook is not None:
             raise SaesteerError("pass sae= and hook= to the Steerer, not with it")

@@ -23,13 +23,12 @@ from saesteer.evaluation.feature_facts import FactsTable
 from saesteer.evaluation.text_metrics import hits, text_metrics
 from saesteer.locks import FolderLock
 from saesteer.sweep import store as st
+from saesteer.sweep.runner import SweepResult
 from saesteer.sweep.spec import SweepSpec
 
 
 def rescore(record: dict, facts: FactsTable, baseline: dict) -> dict:
     """``record`` with its facts-based metrics recomputed from its tokens and text (fluency kept)."""
-    from saesteer.sweep.runner import SweepResult
-
     targets = facts.targets(record["feature"])
     base_fl = baseline.get("fluency")
     fl = record.get("fluency")

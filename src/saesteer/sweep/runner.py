@@ -18,11 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.feature_facts import FactsTable, facts_key, feature_facts
+from saesteer.evaluation.feature_facts import (FactsTable, facts_key, feature_facts, model_fingerprint,
+                                               sae_fingerprint)
 from saesteer.evaluation.readback import attach_readback
 from saesteer.evaluation.strength import best_scales
 from saesteer.evaluation.text_metrics import TextMetrics, hits, mean_logprob, text_metrics
+from saesteer.models.loading import parse_dtype
+from saesteer.outputs import check_output_folder
+from saesteer.steering.hooks import make_clamp
+from saesteer.steering.values import check_value
 from saesteer.sweep import store as st
 from saesteer.sweep.config import SweepConfig
 from saesteer.sweep.folder import SweepRun, features_text
@@ -109,8 +115,6 @@ class Sweep:
                                      engine=config.engine or steerer.engine)
         """The settings as run: features as ranges, dtype and engine resolved (what the manifest records)."""
         if out is not None:
-            from saesteer.outputs import check_output_folder
-
             check_output_folder(out, "the sweep folder")  # before any work
         self.out = Path(out) if out is not None else None
         self.progress = progress
@@ -129,8 +133,6 @@ class Sweep:
         return self.config.engine
 
     def _dtype_name(self, dtype) -> str:
-        from saesteer.models.loading import parse_dtype
-
         if dtype is None:
             return str(self.lm.dtype).replace("torch.", "")
         parse_dtype(dtype)
@@ -156,8 +158,6 @@ class Sweep:
     def spec(self) -> SweepSpec:
         """What identifies this sweep (the config's identity fields, the features, model and SAE)."""
         if self._spec is None:
-            from saesteer.evaluation.feature_facts import model_fingerprint, sae_fingerprint
-
             first, later = self.config.identity()
             self._spec = SweepSpec(
                 model_fingerprint=model_fingerprint(self.lm.model), sae_fingerprint=sae_fingerprint(self.sae),
@@ -189,9 +189,6 @@ class Sweep:
         self._facts = table
 
     def _generate(self, rows: list[list[tuple[int, float]]] | None, n: int) -> list[list[int]]:
-        from saesteer.engine import GenerationConfig, generate_ids
-        from saesteer.steering.hooks import make_clamp
-
         c = self.config
         config = GenerationConfig(max_new_tokens=c.max_new_tokens)
         edits = [] if rows is None else [make_clamp(self.lm.model, self.sae, rows=rows, mode=c.mode,
@@ -236,8 +233,6 @@ class Sweep:
         """Relative values obey the clamp value rule once multiplied by each feature's max activation."""
         if not self.config.relative:
             return
-        from saesteer.steering.values import check_value
-
         for f in features:
             for v in self.values:
                 check_value(self.clamp_value(f, v), f"relative value {v:g} x feature {f}'s max activation")

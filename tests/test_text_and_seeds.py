@@ -63,3 +63,21 @@ def test_cli_reports_the_seed_it_sampled_with(capsys):
     assert run([*args, "--seed", str(first["seed"])]) == 0
     assert json.loads(capsys.readouterr().out)["tokens"] == first["tokens"]
     assert first["text"].startswith(" ")  # the space after "time," belongs to the continuation
+
+
+def test_web_playground_reports_the_seed_it_sampled_with_and_streams_text_in_context(st):
+    from saesteer.web.playground import Playground
+    from saesteer.web.schemas import GenerateRequest
+
+    pg = Playground([st])
+    events = []
+    req = GenerateRequest(prompt=PROMPT, clamps=[], temperature=1.0, max_new_tokens=8)
+    out = pg.generate(req, {}, check=lambda: None, emit=events.append)
+    assert isinstance(out["seed"], int)
+    again = pg.generate(GenerateRequest(prompt=PROMPT, clamps=[], temperature=1.0, max_new_tokens=8,
+                                        seed=out["seed"]), {}, check=lambda: None)
+    assert again["unsteered"]["tokens"] == out["unsteered"]["tokens"]
+    greedy = []
+    pg.generate(GenerateRequest(prompt=PROMPT, clamps=[], max_new_tokens=3), {}, check=lambda: None,
+                emit=greedy.append)
+    assert greedy[-1]["unsteered"]["text"] == " there was a"  # the space SentencePiece decoding drops alone

@@ -67,8 +67,10 @@ class Playground:
         """The unsteered and steered continuations (``GenerateResponse`` fields); ``emit(event)`` after each
         step with both texts so far."""
         t0 = time.perf_counter()
+        seed = draw_seed(req.seed, req.temperature)  # one seed for both texts, reported so they can be redone
         kw = dict(mode=req.mode, max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_p=req.top_p,
-                  seed=req.seed)
+                  seed=seed)
+        prompt_ids = self.steerers[0].tokens(req.prompt)
         toks: dict[str, list[int]] = {"unsteered": [], "steered": []}
         step = [0]
 
@@ -79,7 +81,8 @@ class Playground:
                     toks[names[r]].append(int(t))
                 if emit is not None:
                     emit({"event": "step", "step": step[0],
-                          **{n: {"text": self.lm.decode(toks[n]), "n_tokens": len(toks[n])} for n in toks}})
+                          **{n: {"text": self.lm.continuation(prompt_ids, toks[n]), "n_tokens": len(toks[n])}
+                             for n in toks}})
                 step[0] += 1
             return on_step
 
@@ -93,7 +96,7 @@ class Playground:
             "prompt": req.prompt, "prompt_tokens": base[0],
             "clamps": [{"sae": s, **c.to_dict()} for s, cs in sorted(by_sae.items()) for c in cs],
             "mode": req.mode, "max_new_tokens": req.max_new_tokens, "temperature": req.temperature,
-            "top_p": req.top_p, "seed": req.seed,
+            "top_p": req.top_p, "seed": seed,
             "unsteered": {"tokens": base[1], "text": base[2]},
             "steered": {"tokens": steered[1], "text": steered[2]},
             "elapsed_s": round(time.perf_counter() - t0, 4),

@@ -267,3 +267,40 @@ def test_features_by_meaning_strength_sliders_and_what_changed(browser, server, 
     for m in d.find_elements(By.CSS_SELECTOR, "#view-playground mark.fw"):
         assert m.get_attribute("textContent").lower() in words
     d.save_screenshot(str(shots / "playground-strength.png"))
+
+
+def test_several_saes_in_one_page(browser, steerer, shots):
+    """Issue 18: two SAEs served; the playground clamps features of both, each SAE has its feature pages."""
+    import httpx
+    from conftest import make_sae
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from saesteer.steerer import Steerer
+    from saesteer.web.app import create_app
+
+    other = Steerer(steerer.lm, make_sae(d_sae=128, hook_name="blocks.2.hook_resid_post", seed=2))
+    with LiveServer(create_app([steerer, other], [], queue_size=4, request_timeout=60)) as srv:
+        d = browser
+        find = d.find_element
+        d.get("about:blank")
+        d.get(srv.url + "/#/playground")
+        wait(d, lambda d: "2 SAEs" in text_of(d, "#model-info"))
+        find(By.ID, "prompt").send_keys(PROMPT)
+        d.execute_script("addClamp(3, 20, 0); addClamp(5, 30, 1);")
+        rows = d.find_elements(By.CSS_SELECTOR, "#clamps .clamp-row")
+        assert [Select(r.find_element(By.CSS_SELECTOR, "select.sae")).first_selected_option.text for r in rows] == \
+            ["SAE 0: " + steerer.hook_name, "SAE 1: blocks.2.hook_resid_post"]
+        find(By.ID, "generate").click()
+        wait(d, lambda d: text_of(d, "#gen-status").startswith(("done", "error")))
+        assert text_of(d, "#gen-status").startswith("done"), text_of(d, "#gen-status")
+        body = {"prompt": PROMPT, "max_new_tokens": 24, "clamps": [{"feature": 3, "value": 20, "sae": 0},
+                                                                   {"feature": 5, "value": 30, "sae": 1}]}
+        want = httpx.post(srv.url + "/api/generate", json=body, timeout=60).json()
+        shown = find(By.CSS_SELECTOR, "#out-steered .cont").get_attribute("textContent")
+        assert shown == want["steered"]["text"] and "SAE 1:5=30" in text_of(d, "#out-steered .clamp-summary")
+        d.save_screenshot(str(shots / "several-saes.png"))
+        rows[1].find_element(By.CSS_SELECTOR, "a").click()
+        wait(d, lambda d: text_of(d, "#feature-title") == "Feature 5 · SAE 1")
+        assert "#/feature/5/1" in d.current_url
+        assert Select(find(By.ID, "feature-sae")).first_selected_option.get_attribute("value") == "1"

@@ -83,26 +83,44 @@ function route() {
   if (view === "sweeps") loadSweeps();
   if (view === "feature" && parts[1] !== undefined && parts[1] !== "") {
     const f = Number(parts[1]);
-    if (Number.isInteger(f) && f >= 0 && f !== state.feature) loadFeature(f);
+    const sae = parts[2] ? Number(parts[2]) : 0;
+    const fresh = f !== state.feature || sae !== state.featureSae;
+    if (Number.isInteger(f) && f >= 0 && Number.isInteger(sae) && sae >= 0 && fresh) loadFeature(f, sae);
   }
+}
+
+function multiSAE() {
+  return !!(state.info && state.info.saes.length > 1);
+}
+
+function featureHash(f, sae = 0) {
+  return sae ? `#/feature/${f}/${sae}` : `#/feature/${f}`;
+}
+
+function saeOptions() {
+  return state.info.saes.map((s) => el("option", { value: s.id, text: `SAE ${s.id}: ${s.hook}` }));
 }
 
 // ------------------------------------------------------------------------------------------ playground
 const featureCache = new Map();
 
-function featureInfo(f) {
+function featureInfo(f, sae = 0) {
   // the feature page's data, fetched once per feature (max activation, firing words)
-  if (!featureCache.has(f)) {
-    const p = api(`api/feature/${f}`).catch((e) => { featureCache.delete(f); throw e; });
-    featureCache.set(f, p);
+  const key = `${sae}:${f}`;
+  if (!featureCache.has(key)) {
+    const p = api(`api/feature/${f}?sae=${sae}`).catch((e) => { featureCache.delete(key); throw e; });
+    featureCache.set(key, p);
   }
-  return featureCache.get(f);
+  return featureCache.get(key);
 }
 
 const REL_RANGE = 10; // the slider spans -10..10 x the feature's max activation
 
-function addClamp(feature = "", value = 20) {
+function addClamp(feature = "", value = 20, sae = 0) {
   const row = el("div", { cls: "clamp-row" });
+  const which = multiSAE() ? el("select", { cls: "sae", "aria-label": "SAE" }, ...saeOptions()) : null;
+  if (which) which.value = sae;
+  const saeOf = () => (which ? Number(which.value) : 0);
   const f = el("input", { cls: "feature", type: "number", min: "0", placeholder: "feature", "aria-label": "feature" });
   const v = el("input", { cls: "value", type: "number", step: "any", "aria-label": "value", title: "absolute clamp value (latent units)" });
   const slider = el("input", { cls: "strength", type: "range", min: -REL_RANGE, max: REL_RANGE, step: "0.1",
@@ -122,15 +140,16 @@ function addClamp(feature = "", value = 20) {
   };
   let ticket = 0;
   const sync = async () => {
-    link.href = f.value === "" ? "#/feature" : `#/feature/${f.value}`;
+    link.href = f.value === "" ? "#/feature" : featureHash(f.value, saeOf());
     const mine = ++ticket;
     maxAct = null;
     slider.hidden = true;
     showRel();
     const n = Number(f.value);
-    if (f.value === "" || !Number.isInteger(n) || n < 0 || (state.info && n >= state.info.d_sae)) return;
+    const width = state.info ? state.info.saes[saeOf()].d_sae : Infinity;
+    if (f.value === "" || !Number.isInteger(n) || n < 0 || n >= width) return;
     try {
-      const d = await featureInfo(n);
+      const d = await featureInfo(n, saeOf());
       if (mine !== ticket) return;
       maxAct = d.max_activation && d.max_activation > 0 ? d.max_activation : null;
     } catch (e) { /* unknown feature: the generate request will say so */ }
@@ -145,8 +164,9 @@ function addClamp(feature = "", value = 20) {
   v.addEventListener("input", showRel);
   let timer = null;
   f.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(sync, 250); });
+  if (which) which.addEventListener("change", sync);
   sync();
-  row.append(el("label", { cls: "inline", text: "Feature" }), f, el("label", { cls: "inline", text: "value" }), v,
+  row.append(...(which ? [which] : []), el("label", { cls: "inline", text: "Feature" }), f, el("label", { cls: "inline", text: "value" }), v,
     slider, rel, link, el("button", { type: "button", text: "remove", onclick: () => { row.remove(); clampsChanged(); } }));
   $("#clamps").append(row);
   clampsChanged();
@@ -160,6 +180,7 @@ function clampsChanged() {
 function readClamps() {
   return [...document.querySelectorAll("#clamps .clamp-row")].map((row) => ({
     feature: Number($("input.feature", row).value),
+    sae: $("select.sae", row) ? Number($("select.sae", row).value) : 0,
     value: Number($("input.value", row).value),
   }));
 }
@@ -195,7 +216,7 @@ async function showDifference(boxes, r) {
   const words = new Set();
   for (const c of r.clamps) {
     try {
-      for (const w of (await featureInfo(c.feature)).firing_words) words.add(w.toLowerCase());
+      for (const w of (await featureInfo(c.feature, c.sae)).firing_words) words.add(w.toLowerCase());
     } catch (e) { /* shown without its words */ }
   }
   const u = r.unsteered.text, st = r.steered.text;
@@ -228,7 +249,7 @@ async function generate() {
     stream: true,
   };
   const boxes = { unsteered: $("#out-unsteered"), steered: $("#out-steered") };
-  $(".clamp-summary", boxes.steered).textContent = clamps.map((c) => `${c.feature}=${c.value}`).join(", ");
+  $(".clamp-summary", boxes.steered).textContent = clamps.map((c) => `${multiSAE() ? `SAE ${c.sae}:` : ""}${c.feature}=${c.value}`).join(", ");
   for (const b of Object.values(boxes)) {
     showContinuation(b, prompt, "");
     $(".meta", b).textContent = "";
@@ -379,7 +400,7 @@ async function loadSweeps() {
   const rows = page.rows.map((r) => {
     const tr = el("tr");
     for (const c of cols) {
-      if (c === "feature") tr.append(el("td", { cls: "num" }, el("a", { href: `#/feature/${r.feature}`, text: String(r.feature) })));
+      if (c === "feature") tr.append(el("td", { cls: "num" }, el("a", { href: featureHash(r.feature, folderSAE()), text: String(r.feature) })));
       else if (c === "value") tr.append(el("td", { cls: "num", text: fmt(r.value) }));
       else if (c === "text") tr.append(textCell(r.text, re));
       else if (c === "firing words" || c === "lens tokens") {
@@ -452,7 +473,7 @@ async function findFeatures() {
     const where = [h.in_words ? "firing words" : null, h.in_lens ? "lens tokens" : null,
       h.texts_matching ? `${h.texts_matching}/${h.texts} texts` : null].filter((x) => x);
     return el("tr", {},
-      el("td", { cls: "num" }, el("a", { href: `#/feature/${h.feature}`, text: String(h.feature) })),
+      el("td", { cls: "num" }, el("a", { href: featureHash(h.feature, folderSAE()), text: String(h.feature) })),
       el("td", { cls: "num", text: fmt(h.score) }), el("td", { cls: "small", text: where.join(", ") }),
       meaningCell(h.firing_words.slice(0, 8), "word", re), meaningCell(h.lens_tokens.slice(0, 6), "pos", re),
       textCell(h.best_text || "", re));
@@ -466,14 +487,21 @@ function chips(container, items, cls) {
     JSON.stringify(t.text).slice(1, -1), el("span", { cls: "v", text: fmt(t.value, 2) }))));
 }
 
-async function loadFeature(f) {
+function folderSAE() {
+  const folder = state.info && state.info.results.find((r) => r.id === state.sweep.results);
+  return folder ? folder.sae : 0;
+}
+
+async function loadFeature(f, sae = 0) {
   state.feature = f;
+  state.featureSae = sae;
   $("#feature-input").value = f;
+  $("#feature-sae").value = sae;
   const status = $("#feature-status");
   setStatus(status, "loading…");
   let data;
   try {
-    data = await api(`api/feature/${f}`);
+    data = await api(`api/feature/${f}?sae=${sae}`);
   } catch (e) {
     setStatus(status, e.message, true);
     $("#feature-body").hidden = true;
@@ -483,7 +511,7 @@ async function loadFeature(f) {
   setStatus(status, "");
   state.featureData = data;
   $("#feature-body").hidden = false;
-  $("#feature-title").textContent = `Feature ${data.feature}`;
+  $("#feature-title").textContent = `Feature ${data.feature}` + (multiSAE() ? ` · SAE ${data.sae}` : "");
   const np = $("#np-link");
   np.hidden = !data.neuronpedia_url;
   if (data.neuronpedia_url) np.href = data.neuronpedia_url;
@@ -572,7 +600,7 @@ function sendToPlayground() {
   const d = state.featureData;
   if (!d) return;
   $("#clamps").replaceChildren();
-  addClamp(d.feature, d.suggested_value !== null ? d.suggested_value : 20);
+  addClamp(d.feature, d.suggested_value !== null ? d.suggested_value : 20, d.sae);
   location.hash = "#/playground";
 }
 
@@ -586,7 +614,7 @@ async function runCurve() {
   const values = $("#curve-values").value.split(/[\s,]+/).filter((x) => x !== "").map(Number);
   const prompt = $("#curve-prompt").value;
   const body = {
-    feature: state.feature, values, prompt: prompt === "" ? null : prompt,
+    feature: state.feature, sae: state.featureSae || 0, values, prompt: prompt === "" ? null : prompt,
     max_new_tokens: Number($("#curve-tokens").value),
   };
   $("#curve-run").disabled = true;
@@ -678,7 +706,8 @@ async function start() {
   $("#feature-go").addEventListener("submit", (e) => {
     e.preventDefault();
     const v = $("#feature-input").value;
-    if (v !== "") { state.feature = null; location.hash = `#/feature/${v}`; if (location.hash === `#/feature/${v}`) route(); }
+    const h = featureHash(v, Number($("#feature-sae").value || 0));
+    if (v !== "") { state.feature = null; location.hash = h; if (location.hash === h) route(); }
   });
   $("#to-playground").addEventListener("click", sendToPlayground);
   $("#curve-run").addEventListener("click", runCurve);
@@ -696,13 +725,18 @@ async function start() {
   }
   const info = state.info;
   if (info) {
-    $("#model-info").textContent = `${info.model} · ${info.sae} · ${info.hook} · ${info.d_sae} features`;
+    $("#model-info").textContent = info.saes.length > 1
+      ? `${info.model} · ${info.saes.length} SAEs: ${info.saes.map((s) => `${s.hook} (${s.d_sae} features)`).join(", ")}`
+      : `${info.model} · ${info.sae} · ${info.hook} · ${info.d_sae} features`;
+    $("#feature-sae").replaceChildren(...saeOptions());
+    $("#feature-sae").hidden = info.saes.length < 2;
     const lim = info.limits;
     $("#max-new-tokens").max = lim.max_new_tokens;
     $("#curve-tokens").max = lim.max_new_tokens;
     $("#prompt").maxLength = lim.max_prompt_chars;
-    $("#feature-input").max = info.d_sae - 1;
-    $("#sweep-folder").replaceChildren(...info.results.map((f) => el("option", { value: f.id, text: `${f.label} (${f.rows} rows)` })));
+    $("#feature-input").max = Math.max(...info.saes.map((s) => s.d_sae)) - 1;
+    const saeNote = (f) => (info.saes.length > 1 ? `, SAE ${f.sae}` : "");
+    $("#sweep-folder").replaceChildren(...info.results.map((f) => el("option", { value: f.id, text: `${f.label} (${f.rows} rows${saeNote(f)})` })));
     $("#sweep-folder").hidden = info.results.length < 2;
     if (info.results.length && !info.results[0].metrics.includes("score")) state.sweep.sort = "feature";
   }

@@ -121,10 +121,6 @@ class Recording:
 
         return fn
 
-    def history(self, name: str) -> list[Tensor]:
-        """Every activation recorded at ``name``, in forward order."""
-        return self._store[name]
-
     def __getitem__(self, name: str) -> Tensor:
         """The activation from the latest forward pass at ``name`` (``[B, T, d]``)."""
         if name not in self._store:
@@ -132,10 +128,6 @@ class Recording:
         if not self._store[name]:
             raise SaesteerError(f"nothing was recorded at {name!r}: run the model inside the record() block")
         return self._store[name][-1]
-
-    def sequence(self, name: str) -> Tensor:
-        """All forward passes at ``name`` joined along positions (prompt then each cached step)."""
-        return torch.cat(self._store[name], dim=1)
 
     def clear(self) -> None:
         for v in self._store.values():

@@ -86,7 +86,7 @@ def test_sweep_options_are_the_config_fields(capsys):
     for f, s, _ in settings_of(SweepConfig):
         if s.cli:
             assert option_name(f.name, s) in out
-    assert "--reference-seed" not in out and "--cache-dir" not in out
+    assert "--cache-dir" not in out
 
 
 def test_sweep_config_normalises_text_forms():
@@ -98,6 +98,25 @@ def test_sweep_config_normalises_text_forms():
         SweepConfig(mode="sideways")
     with pytest.raises(SaesteerError, match="max_new_tokens must be at least 1"):
         SweepConfig(max_new_tokens=0)
+
+
+def test_a_sweep_option_is_one_field(tmp_path, monkeypatch):
+    """--reference-seed was added as one line of SweepConfig: the option reaches the facts (their key), the
+    identity of the folder and the manifest."""
+    from saesteer.cli.main import run
+    from saesteer.sweep import runner
+
+    seen = []
+
+    class Spy(runner.Sweep):
+        def __init__(self, steerer, config, **kw):
+            seen.append(config)
+            raise SaesteerError("stopped before any work")
+
+    monkeypatch.setattr("saesteer.cli.sweep_commands.Sweep", Spy)
+    monkeypatch.setattr("saesteer.cli.sweep_commands.build_steerer", lambda *a: None)
+    assert run(["sweep", "--reference-seed", "7", "--values", "20", "--out", str(tmp_path / "x")]) == 2
+    assert seen[0].reference_seed == 7 and seen[0].to_dict()["reference_seed"] == 7
 
 
 @pytest.mark.parametrize("features", ["", "  ", []])

@@ -94,7 +94,7 @@ class SweepConfig(Config):
     reference_samples: int = setting(256, min=1, max=100_000,
                                      help="Sequences the model samples as reference text (without --reference-text).")
     reference_length: int = setting(64, min=1, max=4096, help="Tokens per reference sequence.")
-    reference_seed: int = setting(0, cli=False, help="Seed of the reference text the model samples.")
+    reference_seed: int = setting(0, help="Seed of the reference text the model samples (without --reference-text).")
     cache_dir: str | None = setting(None, cli=False, record=False,
                                     help="Feature-facts cache (default: $SAESTEER_CACHE or ~/.cache/saesteer).")
 

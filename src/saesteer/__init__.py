@@ -19,18 +19,11 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
 from saesteer.models.loading import LoadedModel, load_model, wrap_model
+from saesteer.saes import load_sae
 from saesteer.saes.base import SAE, SAEConfig
 from saesteer.steerer import Generation, Steerer
 from saesteer.steering.clamp import FeatureClamp, SAEClamp
 from saesteer.steering.hooks import clamp, edit, hooks, record
-
-
-def load_sae(spec, **kwargs) -> SAE:
-    """Load an SAE from a spec or path (see ``saesteer.saes.registry.load_sae``)."""
-    from saesteer.saes import load_sae as _load
-
-    return _load(spec, **kwargs)
-
 
 __all__ = [
     "SAE", "SAEConfig", "SAEClamp", "FeatureClamp", "Generation", "GenerationConfig", "LoadedModel",

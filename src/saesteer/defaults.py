@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saesteer import assets, net
+from saesteer.saes.openai import parse_spec
 
 DEFAULT_MODEL = "gpt2-small"
 DEFAULT_SAE = "openai:v5_32k/resid_post_mlp/6"
@@ -33,8 +34,6 @@ def _model_cached(repo: str = DEFAULT_MODEL_REPO) -> bool:
 
 
 def _sae_cached(spec: str = DEFAULT_SAE) -> bool:
-    from saesteer.saes.openai import parse_spec
-
     return parse_spec(spec).cache_path().is_file()
 
 
@@ -48,8 +47,6 @@ def why_defaults_unavailable() -> str | None:
     if not model_ok and not net.hub_reachable():
         return f"the Hugging Face hub ({net.hub_url()}) is unreachable"
     if not sae_ok:
-        from saesteer.saes.openai import parse_spec
-
         url = parse_spec(DEFAULT_SAE).url()
         if not net.host_reachable(url):
             return "OpenAI's SAE storage is unreachable"

@@ -21,6 +21,7 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.reconstruction import ReconstructionStats, reconstruction_stats, top_active
 from saesteer.models.hook_sites import hook_site
 from saesteer.models.loading import LoadedModel, as_loaded
+from saesteer.saes import load_sae
 from saesteer.saes.base import SAE
 from saesteer.steering.clamp import FeatureClamp, as_clamps
 from saesteer.steering.hooks import make_clamp, record, resolve_hook_name
@@ -107,8 +108,6 @@ class Steerer:
         self.lm: LoadedModel = as_loaded(model, tokenizer, device=device, dtype=dtype)
         self.sae_name = str(sae) if isinstance(sae, (str, bytes)) or hasattr(sae, "__fspath__") else None
         if self.sae_name is not None:
-            from saesteer.saes import load_sae
-
             sae = load_sae(assets.sae_path(self.sae_name), device=self.lm.device)
         if isinstance(sae, SAE) and hook:
             check_hook_override(sae, hook, force_hook)

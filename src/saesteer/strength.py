@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.feature_facts import feature_facts
 
 DEFAULT_MULTIPLE = 2.0
 """Default strength: twice the strongest activation the feature reaches on its own."""
@@ -46,8 +47,6 @@ class Scale:
 def feature_scale(steerer, features: Iterable[int], *, reference_text=None, reference_samples: int = 256,
                   reference_length: int = 64, progress: bool = False) -> Scale:
     """The :class:`Scale` of ``features`` of ``steerer``'s SAE, from the (cached) feature facts."""
-    from saesteer.evaluation.feature_facts import feature_facts
-
     facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
                           length=reference_length, progress=progress)
     peaks = facts.max_activation

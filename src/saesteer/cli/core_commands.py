@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from saesteer.cli.demo import run_demo
 from saesteer.cli.paths import OutputFile
 from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
-from saesteer.io import escape_text, printable
-from saesteer.strength import DEFAULT_MULTIPLE
-from saesteer.steering.clamp import MODES, parse_clamp
+from saesteer.io import atomic_write_text, escape_text, printable
+from saesteer.strength import DEFAULT_MULTIPLE, feature_scale
+from saesteer.steering.clamp import FeatureClamp, MODES, parse_clamp
 
 
 def parse_range(text: str, limit: int) -> range:
@@ -137,10 +138,6 @@ def batch(model, sae, hook, device, features, offset, value, strength, prompt, p
           temperature, top_p, seed, mode, batch_size, out):
     """One row per feature, each clamped to VALUE (or to STRENGTH x its own max activation), from BOS (or a
     prompt); save one line per feature."""
-    from saesteer.io import atomic_write_text
-    from saesteer.steering.clamp import FeatureClamp
-    from saesteer.strength import feature_scale
-
     if value is not None:
         FeatureClamp(0, value)  # validates the value
     st = build_steerer(model, sae, hook, device)
@@ -182,8 +179,6 @@ def batch(model, sae, hook, device, features, offset, value, strength, prompt, p
               help="Where step 9 saves its sentences.")
 def demo(model, sae, hook, device, feature, value, strength, prompt, out):
     """Walk through the practical session, step by step."""
-    from saesteer.cli.demo import run_demo
-
     run_demo(build_steerer(model, sae, hook, device), feature=feature, value=value, strength=strength,
              prompt=prompt, out=out)
 

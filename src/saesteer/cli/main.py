@@ -57,12 +57,7 @@ def cli():
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # an area not built yet
-                continue
-            raise
+        module = importlib.import_module(name)
         for command in module.COMMANDS:
             cli.add_command(command)
 

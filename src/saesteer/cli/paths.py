@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from saesteer.errors import SaesteerError
+from saesteer.outputs import check_output_file, check_output_folder
 
 
 class OutputFile(click.ParamType):
@@ -13,8 +14,6 @@ class OutputFile(click.ParamType):
     name = "file"
 
     def convert(self, value, param, ctx):
-        from saesteer.outputs import check_output_file
-
         try:
             return str(check_output_file(value))
         except SaesteerError as exc:
@@ -27,8 +26,6 @@ class OutputFolder(click.ParamType):
     name = "folder"
 
     def convert(self, value, param, ctx):
-        from saesteer.outputs import check_output_folder
-
         try:
             return str(check_output_folder(value))
         except SaesteerError as exc:

@@ -82,11 +82,20 @@ class HookSite:
     def arch(self) -> Architecture:
         return architecture_of(self.model)
 
-    def _block(self) -> nn.Module:
+    def block(self) -> nn.Module:
+        """The transformer block (decoder layer) this site belongs to."""
         return self.model.get_submodule(self.arch.layers)[self.layer]
 
+    _block = block  # old private name, kept until its last caller (evaluation/activations.py) moves
+
+    def mlp_out_weight(self) -> Tensor:
+        """The block's MLP output projection as ``[d_mlp, d_model]`` (GPT-2's Conv1D stores ``[in, out]``,
+        ``nn.Linear`` ``[out, in]``): ``mlp.hook_post`` activations times it give the MLP's output."""
+        proj = self.block().get_submodule(self.arch.mlp_out_proj)
+        return proj.weight if type(proj).__name__ == "Conv1D" else proj.weight.T
+
     def register(self, fn: EditFn) -> HookHandle:
-        block = self._block()
+        block = self.block()
         kind = self.kind
         if kind == "hook_resid_pre":
             return HookHandle([block.register_forward_pre_hook(_pre_hook(fn), with_kwargs=True)])
@@ -169,10 +178,7 @@ def site_width(model: nn.Module, name: str) -> int:
     """Width ``d`` of the activation at a hook site (d_model, or d_mlp for ``mlp.hook_post``)."""
     site = hook_site(model, name)
     if site.kind == "mlp.hook_post":
-        proj = site._block().get_submodule(site.arch.mlp_out_proj)
-        weight = proj.weight
-        # nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
-        return weight.shape[0] if type(proj).__name__ == "Conv1D" else weight.shape[1]
+        return site.mlp_out_weight().shape[0]
     return d_model(model)
 
 

@@ -30,7 +30,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
+from saesteer.models.hook_sites import site_width
+from saesteer.models.loading import as_loaded
+from saesteer.steering.hooks import hooks
 
 __all__ = ["sample_activations", "text_activations", "file_activations", "ids_activations"]
 
@@ -40,14 +44,10 @@ class _StopForward(Exception):
 
 
 def _loaded(model, tokenizer=None):
-    from saesteer.models.loading import as_loaded
-
     return as_loaded(model, tokenizer)
 
 
 def _check_hook(module, hook_name: str) -> int:
-    from saesteer.models.hook_sites import site_width
-
     return site_width(module, hook_name)  # one-line SaesteerError for unknown names or layers
 
 
@@ -113,8 +113,6 @@ def sample_activations(
     Result rows are ordered by batch, then position, then row (training shuffles them anyway).
     ``model``: a ``LoadedModel``, a model path/name, or an HF causal LM (its config must name a BOS id).
     """
-    from saesteer.engine import GenerationConfig, generate_ids
-
     lm = _loaded(model)
     module = lm.model
     if n_tokens < 1:
@@ -155,8 +153,6 @@ def sample_activations(
 
 def _run_to_hook(module, hook_name: str, batches, bos: int | None, keep_bos: bool, progress: bool) -> Tensor:
     """Run ``(ids [b, t], mask [b, t])`` batches up to the hook; keep unmasked (and non-BOS) positions."""
-    from saesteer.steering.hooks import hooks
-
     device = next(module.parameters()).device
     keeps = [mask.bool() if keep_bos or bos is None else mask.bool() & (ids != bos) for ids, mask in batches]
     captured: list[Tensor] = []

@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 
 from saesteer.errors import SaesteerError
+from saesteer.io import atomic_write_json
 from saesteer.outputs import check_output_folder, clean_leftovers, staged_folder
+from saesteer.saes import load_sae, save_sae
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "training.json")
 
@@ -35,9 +37,6 @@ def check_sae_folder(out: str | os.PathLike, *, overwrite: bool = False) -> Path
 def save_trained_sae(sae, info: dict, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``sae`` (SAELens format) and ``training.json`` as a new folder at ``out``, swapped in whole;
     the staged copy is loaded back first, so an unreadable SAE never replaces anything."""
-    from saesteer.io import atomic_write_json
-    from saesteer.saes import load_sae, save_sae
-
     out = check_sae_folder(out, overwrite=overwrite)  # again: the folder may have changed while training
     with staged_folder(out, replace=overwrite) as staging:
         save_sae(sae, staging)

@@ -155,3 +155,11 @@ def test_train_settings_are_one_config_for_the_api_and_the_command(capsys):
         train_topk_sae(acts, steps=3)
     with pytest.raises(SaesteerError, match="decay_fraction must be at most 1"):
         train_topk_sae(acts, d_sae=16, k=2, decay_fraction=2.0, progress=False)
+
+
+def test_every_steering_mode_is_offered_by_the_web_api():
+    pytest.importorskip("pydantic")
+    from saesteer.steering.clamp import MODES
+    from saesteer.web.schemas import MODES as WEB_MODES
+
+    assert tuple(WEB_MODES) == tuple(MODES)

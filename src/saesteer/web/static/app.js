@@ -130,12 +130,13 @@ function addClamp(feature = "", value = 20, sae = 0) {
   v.value = value;
   const link = el("a", { href: "#/feature", text: "open" });
   let maxAct = null;
+  let silent = false; // facts say it never fires: no scale to show
   const showRel = () => {
     if (maxAct) {
       rel.textContent = `${fmt(Number(v.value) / maxAct, 3)} × max (${fmt(maxAct)})`;
       slider.value = Math.max(-REL_RANGE, Math.min(REL_RANGE, Number(v.value) / maxAct));
     } else {
-      rel.textContent = f.value === "" ? "" : "max activation unknown";
+      rel.textContent = f.value === "" ? "" : silent ? "never fires on the reference text" : "max activation unknown";
     }
   };
   let ticket = 0;
@@ -143,6 +144,7 @@ function addClamp(feature = "", value = 20, sae = 0) {
     link.href = f.value === "" ? "#/feature" : featureHash(f.value, saeOf());
     const mine = ++ticket;
     maxAct = null;
+    silent = false;
     slider.hidden = true;
     showRel();
     const n = Number(f.value);
@@ -152,6 +154,7 @@ function addClamp(feature = "", value = 20, sae = 0) {
       const d = await featureInfo(n, saeOf());
       if (mine !== ticket) return;
       maxAct = d.max_activation && d.max_activation > 0 ? d.max_activation : null;
+      silent = d.max_activation === 0;
     } catch (e) { /* unknown feature: the generate request will say so */ }
     slider.hidden = !maxAct;
     showRel();

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("hypothesis", reason="needs the test extra: pip install -e '.[test]'")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from saesteer.cli.core_commands import parse_range  # noqa: E402
@@ -38,7 +38,8 @@ CLI_FUZZ = settings(FUZZ, max_examples=30)
 # Text made of the pieces these options are written with, plus anything at all.
 PIECES = ["0", "1", "7", "12", "-", "+", ":", ",", "=", "/", ".", "e", "E", "9" * 30, "inf", "nan", "all", " ",
           "_", "\t", "\n", "\x00", "٣", "１", "\udce9", "1e39", "1e5", "-1e5", "0x10", "float32", "bfloat16",
-          "torch.", "blocks.", "hook_resid_post"]
+          "torch.", "blocks.", "hook_resid_post", "hello " * 60]
+BAD_UTF8 = b"caf\xe9".decode("utf-8", "surrogateescape")
 option_text = st.one_of(st.lists(st.sampled_from(PIECES), max_size=8).map("".join), st.text(max_size=30))
 
 
@@ -166,6 +167,8 @@ def _cli(capsys, args) -> None:
 
 @CLI_FUZZ
 @given(option_text)
+@example("hello " * 60)  # longer than a file name may be: once an OSError from the --prompt-file hint
+@example(BAD_UTF8)
 def test_cli_generate_clamp_and_prompt(capsys, text):
     _cli(capsys, ["generate", "--model", NO_MODEL, "--clamp", text])
     _cli(capsys, ["generate", "--model", NO_MODEL, "--prompt", text, "--clamp", "3=2"])

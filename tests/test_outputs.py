@@ -66,6 +66,11 @@ def test_output_checks(tmp_path):
         check_output_folder(tmp_path / "f")
     with pytest.raises(SaesteerError, match="is a file"):
         check_output_folder(tmp_path / "f" / "sub")
+    for check in (check_output_file, check_output_folder):  # found by the fuzz: once an OSError
+        with pytest.raises(SaesteerError, match="too long"):
+            check(tmp_path / ("x" * 300))
+        with pytest.raises(SaesteerError, match="null byte"):
+            check(tmp_path / "a\x00b")
     assert check_output_folder(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
     assert not (tmp_path / "new").exists()  # checking creates nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # and leaves no probe file

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -29,9 +30,23 @@ def _probe(folder: Path, shown: str, what: str) -> None:
                             " path") from None
 
 
+def _valid(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path, refused in one line when no file system could hold it (too long, NUL byte...)."""
+    path = Path(path)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        if not isinstance(exc, OSError) or exc.errno not in (errno.ENOTDIR, errno.EACCES):
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SaesteerError(f"cannot use {what} {str(path)[:200]!r}: {reason}; choose another path") from None
+    return path
+
+
 def check_output_file(path: str | os.PathLike, what: str = "the output") -> Path:
     """Refuse (one line) unless ``path`` can be written as a file: its folder exists and takes new files."""
-    path = Path(path)
+    path = _valid(path, what)
     if path.is_dir():
         raise SaesteerError(f"cannot write {what} {path}: it is a folder; give a file name")
     parent = path.parent if str(path.parent) else Path(".")
@@ -46,7 +61,7 @@ def check_output_file(path: str | os.PathLike, what: str = "the output") -> Path
 
 def check_output_folder(path: str | os.PathLike, what: str = "the output folder") -> Path:
     """Refuse (one line) unless ``path`` is a writable folder or can be created (with its parents)."""
-    path = Path(path)
+    path = _valid(path, what)
     if path.exists() and not path.is_dir():
         raise SaesteerError(f"cannot use {what} {path}: it is a file, not a folder")
     existing = path

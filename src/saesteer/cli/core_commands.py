@@ -47,12 +47,22 @@ def prompt_file_option(func):
                         help="UTF-8 text file of prompts, one per line (blank lines skipped).")(func)
 
 
+def _names_a_file(text: str) -> bool:
+    """Whether ``text`` is the path of an existing file (False for text no path can be: too long, NUL...)."""
+    from pathlib import Path
+
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def read_prompts(prompt: str | None, prompt_file: str | None) -> list[str | None]:
     """The prompts of a command: ``--prompt`` (None = BOS alone) or each line of ``--prompt-file``."""
     from pathlib import Path
 
     if prompt_file is None:
-        if prompt and Path(prompt).is_file():
+        if prompt and _names_a_file(prompt):
             click.echo(f"note: --prompt {prompt!r} is used as text; for a file of prompts pass --prompt-file",
                        err=True)
         return [prompt]

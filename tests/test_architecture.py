@@ -65,9 +65,7 @@ KNOWN_LONG_MODULES: set[str] = {
 }
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_PRIVATE_USES: set[tuple[str, str]] = {      # (using module, private name)
-    # Steerer._need_sae / _need_hook (steerer.py: newcomer), called from other areas
-    ("saesteer.cli.core_commands", "_need_sae"),
-    ("saesteer.cli.demo", "_need_sae"),
+    # Steerer._need_sae / _need_hook: old names of Steerer.need_sae / need_hook, still called from other areas
     ("saesteer.evaluation.compare", "_need_sae"),
     ("saesteer.evaluation.compare", "_need_hook"),
     ("saesteer.evaluation.feature_card", "_need_sae"),
@@ -83,8 +81,6 @@ KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = {          # (importing module, i
     ("saesteer.cli.compare_commands", "saesteer.evaluation.feature_card"),
     ("saesteer.cli.compare_commands", "saesteer.evaluation.report"),
     ("saesteer.cli.compare_commands", "saesteer.io"),
-    ("saesteer.cli.options", "saesteer.defaults"),
-    ("saesteer.cli.options", "saesteer.steerer"),
     ("saesteer.cli.serve_commands", "saesteer.steerer"),
     ("saesteer.cli.serve_commands", "saesteer.web.results_index"),
     ("saesteer.cli.train_commands", "saesteer.locks"),

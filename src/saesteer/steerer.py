@@ -131,15 +131,20 @@ class Steerer:
     def model(self):
         return self.lm.model
 
-    def _need_sae(self) -> SAE:
+    def need_sae(self) -> SAE:
+        """The SAE, or a one-line error saying how to give one."""
         if self.sae is None:
             raise SaesteerError("this needs an SAE; pass sae= (CLI: --sae SPEC_OR_PATH)")
         return self.sae
 
-    def _need_hook(self) -> str:
+    def need_hook(self) -> str:
+        """The hook site, or a one-line error saying how to choose one."""
         if not self.hook_name:
             raise SaesteerError("no hook site chosen; pass hook= (CLI: --hook blocks.L.hook_resid_post)")
         return self.hook_name
+
+    _need_sae = need_sae  # old names, still used by other areas' modules
+    _need_hook = need_hook
 
     def tokens(self, prompt: str | None, *, prepend_bos: bool = True) -> list[int]:
         """Prompt ids; ``None`` or ``""`` means the BOS token alone."""
@@ -156,7 +161,7 @@ class Steerer:
     @torch.no_grad()
     def run(self, prompt: str, *, prepend_bos: bool = True, hook: str | None = None) -> ForwardResult:
         """Run a prompt once; return the next predicted token and the activation at the hook."""
-        name = hook or self._need_hook()
+        name = hook or self.need_hook()
         ids = self.check_prompt(prompt, prepend_bos=prepend_bos)
         with record(self.lm.model, name) as rec:
             logits = self.lm.model(input_ids=torch.tensor([ids], device=self.lm.device)).logits
@@ -169,7 +174,7 @@ class Steerer:
 
         Stats skip the BOS position, whose activation is an outlier no SAE is trained to reconstruct.
         """
-        sae = self._need_sae()
+        sae = self.need_sae()
         run = self.run(prompt, prepend_bos=prepend_bos)
         skip = 1 if prepend_bos and len(run.prompt_tokens) > 1 else 0
         stats = reconstruction_stats(sae, run.activation, skip_first=skip)
@@ -182,9 +187,9 @@ class Steerer:
     def _edits(self, clamps, rows, mode, edit: Callable | None):
         edits = []
         if edit is not None:
-            edits.append((self._need_hook(), edit))
+            edits.append((self.need_hook(), edit))
         if clamps is not None or rows is not None:
-            edits.append(make_clamp(self.lm.model, self._need_sae(), clamps, rows=rows, mode=mode,
+            edits.append(make_clamp(self.lm.model, self.need_sae(), clamps, rows=rows, mode=mode,
                                     hook_name=self.hook_name))
         return edits
 

@@ -152,7 +152,7 @@ def batch(model, sae, hook, device, features, offset, value, strength, prompt, p
         FeatureClamp(0, value)  # validates the value
     st = build_steerer(model, sae, hook, device)
     st.check_prompt(prompt, max_new_tokens=max_new_tokens)  # before the scales are measured
-    r = parse_range(features, st._need_sae().d_sae)
+    r = parse_range(features, st.need_sae().d_sae)
     feats = [f + offset for f in r]
     for f in feats:
         st.sae.check_feature(f)

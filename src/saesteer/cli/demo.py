@@ -38,7 +38,7 @@ def next_steps_hint(st: Steerer) -> str:
 def run_demo(st: Steerer, *, feature: int | None, value: float | None, prompt: str | None, out: str,
              strength: float = DEFAULT_MULTIPLE, n_batch: int = 8) -> None:
     """The session's steps 0-9 on ``st``; ``value`` None clamps to ``strength`` x each feature's peak."""
-    sae = st._need_sae()
+    sae = st.need_sae()
     prompt = prompt or default_prompt(st)
     _heading(0, "load a model and an SAE")
     click.echo(f"model {st.lm.name} ({sum(p.numel() for p in st.model.parameters()):,} parameters)")

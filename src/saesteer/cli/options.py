@@ -7,7 +7,8 @@ import json
 
 import click
 
-from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE
+from saesteer.defaults import DEFAULT_MODEL, DEFAULT_SAE, choose
+from saesteer.steerer import Steerer
 
 
 def model_options(func):
@@ -34,9 +35,6 @@ def model_options(func):
 
 def build_steerer(model: str, sae: str | None, hook: str | None, device: str, dtype=None):
     """Load the model and SAE named on the command line (the embedded pair where the defaults are offline)."""
-    from saesteer.defaults import choose
-    from saesteer.steerer import Steerer
-
     choice = choose(model, sae, hook)
     if choice.note:
         click.echo(f"note: {choice.note}", err=True)

@@ -77,32 +77,12 @@ KNOWN_PRIVATE_USES: set[tuple[str, str]] = {      # (using module, private name)
 KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()        # (importing module, imported module)
 KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = {          # (importing module, imported module)
     # cli/ (robust, newcomer, arch-sweep, web)
-    ("saesteer.cli.compare_commands", "saesteer.evaluation.compare"),
-    ("saesteer.cli.compare_commands", "saesteer.evaluation.feature_card"),
-    ("saesteer.cli.compare_commands", "saesteer.evaluation.report"),
-    ("saesteer.cli.compare_commands", "saesteer.io"),
     ("saesteer.cli.serve_commands", "saesteer.steerer"),
     ("saesteer.cli.serve_commands", "saesteer.web.results_index"),
-    ("saesteer.cli.train_commands", "saesteer.locks"),
-    ("saesteer.cli.train_commands", "saesteer.models.loading"),
-    ("saesteer.cli.train_commands", "saesteer.steering.values"),
-    ("saesteer.cli.train_commands", "saesteer.training"),
-    ("saesteer.cli.train_commands", "saesteer.training.output"),
-    ("saesteer.cli.train_commands", "saesteer.validation"),
-    # engine/ (engine)
-    ("saesteer.engine.fused_clamp", "saesteer.models.hook_sites"),
-    ("saesteer.engine.kernels", "saesteer.engine.kvcache"),
-    ("saesteer.engine.packs", "saesteer.engine.gpt2_decoder"),
-    ("saesteer.engine.packs", "saesteer.engine.llama_decoder"),
-    ("saesteer.engine.packs", "saesteer.models.loading"),
     # evaluation/, validation/ (discovery)
     ("saesteer.evaluation.reference", "saesteer.engine"),
     ("saesteer.evaluation.text_metrics", "saesteer.models.hook_sites"),
     ("saesteer.validation.measures", "saesteer.engine"),
-    # saes/ (saes)
-    ("saesteer.saes.gemmascope", "saesteer.saes.hub"),
-    ("saesteer.saes.saelens", "saesteer.saes.gemmascope"),
-    ("saesteer.saes.saelens", "saesteer.saes.openai"),
     # web/ (web)
     ("saesteer.web.service", "saesteer.evaluation.compare"),
     ("saesteer.web.service", "saesteer.evaluation.feature_card"),

@@ -6,12 +6,17 @@ from pathlib import Path
 
 import click
 
-from saesteer.cli.paths import OutputFile
 from saesteer.cli.core_commands import generation_options, read_prompts
 from saesteer.cli.options import build_steerer, echo_json, model_options
-from saesteer.strength import DEFAULT_MULTIPLE, DEFAULT_MULTIPLES, feature_scale
+from saesteer.cli.paths import OutputFile
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.compare import compare as run_compare
+from saesteer.evaluation.compare import parse_clamp_values, parse_feature_or_clamp
+from saesteer.evaluation.feature_card import feature_card
+from saesteer.evaluation.report import comparison_text
+from saesteer.io import atomic_write_bytes
 from saesteer.steering.clamp import MODES
+from saesteer.strength import DEFAULT_MULTIPLE, DEFAULT_MULTIPLES, feature_scale
 
 
 def reference_options(func):
@@ -93,10 +98,6 @@ def compare(model, sae, hook, device, prompts, prompt_file, clamps, values_text,
     saesteer compare --prompt "I feel" --clamp 123 --values -20,-10,0,10,20 \\
         --samples 8 --temperature 1 --seed 0 --out report.html
     """
-    from saesteer.evaluation.compare import compare as run_compare
-    from saesteer.evaluation.compare import parse_clamp_values, parse_feature_or_clamp
-    from saesteer.evaluation.report import comparison_text
-
     values = parse_clamp_values(values_text)
     pairs = [parse_feature_or_clamp(c) for c in clamps]
     prompts = [*prompts, *(read_prompts(None, prompt_file) if prompt_file else [])]
@@ -124,8 +125,6 @@ def compare(model, sae, hook, device, prompts, prompt_file, clamps, values_text,
                       progress=not as_json)
     written = []
     if out or plot:
-        from saesteer.io import atomic_write_bytes
-
         png_path = _png_path(out or plot, plot)
         if out:
             cmp.save_html(out, png_path=png_path)
@@ -163,9 +162,6 @@ def compare(model, sae, hook, device, prompts, prompt_file, clamps, values_text,
 def feature(model, sae, hook, device, feature, values_text, relative, prompt, max_new_tokens, mode, text_file,
             reference_samples, reference_length, top_n, n_contexts, out, as_json):
     """A feature card: decoder norm, logit lens, firing words, steered samples, top contexts."""
-    from saesteer.evaluation.compare import parse_clamp_values
-    from saesteer.evaluation.feature_card import feature_card
-
     values = parse_clamp_values(values_text)
     _check_text(text_file)
     st = build_steerer(model, sae, hook, device)

@@ -11,8 +11,13 @@ import click
 from saesteer.cli.config_options import config_from, config_options
 from saesteer.cli.paths import OutputFolder
 from saesteer.errors import SaesteerError
+from saesteer.locks import FolderLock
+from saesteer.models.loading import load_model
+from saesteer.steering.values import check_value
+from saesteer.training import file_activations, sample_activations, train_topk_sae
 from saesteer.training.config import TrainConfig
-from saesteer.validation import ValidationConfig
+from saesteer.training.output import check_sae_folder, save_trained_sae
+from saesteer.validation import REPORT_KEYS, ValidationConfig, validate as run_validation
 
 
 def _held_out(acts, n: int):
@@ -53,10 +58,6 @@ def train_sae(model, hook, tokens, text_file, self_generate, separator, seq_len,
     The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights. OUT is checked
     before any work; an existing SAE there is replaced only with --overwrite, and as a whole.
     """
-    from saesteer.models.loading import load_model
-    from saesteer.training import file_activations, sample_activations, train_topk_sae
-    from saesteer.training.output import check_sae_folder, save_trained_sae
-
     if text_file and self_generate:
         raise click.UsageError("give --text FILE or --self-generate, not both")
     if separator is not None and not text_file:
@@ -65,7 +66,6 @@ def train_sae(model, hook, tokens, text_file, self_generate, separator, seq_len,
     latents, k, seed = cfg.d_sae, cfg.k, cfg.seed
     if k > latents:
         raise SaesteerError(f"--k {k} is larger than --latents {latents}")
-    from saesteer.locks import FolderLock
 
     # Held until the command ends: a second train-sae (or anything else that locks) on OUT is refused at once.
     check_sae_folder(out, overwrite=overwrite)  # refusals leave nothing behind, not even a lock file
@@ -114,8 +114,6 @@ def _csv(values) -> str:
 
 def parse_value_list(text: str) -> tuple[float, ...]:
     """``"2,3,4"`` -> (2.0, 3.0, 4.0); ``""`` -> ()."""
-    from saesteer.steering.values import check_value
-
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -156,8 +154,6 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
     A feature steers clearly when, at some value, the continuation holds 2 of its firing words where the
     unsteered text has none, at most 1 nat/token less fluent. See docs/validation.md.
     """
-    from saesteer.validation import REPORT_KEYS, validate as run_validation
-
     v = run_validation(model=model, hook=hook, latents=latents, k=k, tokens=tokens, epochs=epochs,
                        seed=seed, prompt=prompt, values=parse_value_list(values), relative_values=parse_value_list(relative_values),
                        max_new_tokens=max_new_tokens, reference_samples=reference_samples,

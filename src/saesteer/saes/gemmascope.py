@@ -19,7 +19,7 @@ from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE, SAEConfig
-from saesteer.saes.hub import hub_file
+from saesteer.saes.hub import MissingHubFile, hub_file
 from saesteer.saes.tensors import read_npz, read_safetensors
 
 NPZ_FILENAME = "params.npz"
@@ -89,8 +89,6 @@ def load_params_file(path: str | os.PathLike, *, source: str | None = None, hook
 def load_hub_folder(repo_id: str, folder: str, *, source: str, progress: bool = True,
                     hook_name: str | None = None) -> SAE:
     """The Gemma Scope SAE in ``folder`` of Hub repo ``repo_id`` (``params.npz``, else ``params.safetensors``)."""
-    from saesteer.saes.hub import MissingHubFile
-
     prefix = f"{folder}/" if folder else ""
     try:
         path = hub_file(repo_id, prefix + NPZ_FILENAME, progress=progress)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from saesteer.errors import SaesteerError
 from saesteer.io import atomic_path, atomic_write_json
+from saesteer.saes import gemmascope, openai
 from saesteer.saes.base import SAE, SAEConfig
 from saesteer.saes.gated import GatedSAE
 from saesteer.saes.hub import hub_file
@@ -230,8 +231,6 @@ def load_safetensors_file(path: str | os.PathLike, *, source: str | None = None)
     Metadata keys read: ``architecture`` or ``activation`` (relu/standard, topk, jumprelu), ``k``,
     ``hook_name``, ``normalize_activations``, ``apply_b_dec_to_input``.
     """
-    from saesteer.saes import gemmascope, openai
-
     path = Path(path)
     source = source or str(path)
     tensors, metadata = read_safetensors(path)

@@ -48,15 +48,19 @@ def hits_matrix(texts: list[str], firing_words: list[list[str]]) -> torch.Tensor
     for ws in firing_words:
         for w in ws:
             vocab.setdefault(w, len(vocab))
-    counts = torch.zeros(len(texts), max(1, len(vocab)))
+    rows, cols, vals = [], [], []
     for g, text in enumerate(texts):
         for w, c in Counter(w for w in words(text) if w in vocab).items():
-            counts[g, vocab[w]] = c
+            rows.append(g), cols.append(vocab[w]), vals.append(float(c))
+    size = (len(texts), max(1, len(vocab)))
+    counts = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+                                     torch.tensor(vals, dtype=torch.float32), size,
+                                     check_invariants=True)   # few words per text: sparse
     member = torch.zeros(len(firing_words), max(1, len(vocab)))
     for f, ws in enumerate(firing_words):
         for w in set(ws):
             member[f, vocab[w]] = 1
-    return (counts @ member.T).round().to(torch.int32)
+    return torch.sparse.mm(counts, member.T.contiguous()).round().to(torch.int32)
 
 
 def rank_matrix(readback: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
@@ -137,8 +141,13 @@ def group_of(records: list[dict], n: int, firing_words: list[list[str]]) -> Grou
     drops = [by_f.get(f, {}).get("fluency_drop") for f in range(n)]
     fluent = torch.tensor([d is not None and d <= CLEAR_MAX_FLUENCY_DROP for d in drops])
     readback = torch.zeros(n, n)
+    rows, cols, vals = [], [], []
     for f, r in by_f.items():
-        for i, v in zip(r.get("readback_ids") or [], r.get("readback_vals") or []):
-            if i < n:
-                readback[f, i] = v
+        ids = r.get("readback_ids") or []
+        rows += [f] * len(ids)
+        cols += ids
+        vals += r.get("readback_vals") or []
+    rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    keep = cols_t < n                                    # latents beyond the swept features are not ranked
+    readback[rows_t[keep], cols_t[keep]] = torch.tensor(vals, dtype=torch.float32)[keep]
     return Group(hits_matrix(texts, firing_words), rank_matrix(readback, changed), fluent, changed)

@@ -70,8 +70,6 @@ KNOWN_PRIVATE_USES: set[tuple[str, str]] = {      # (using module, private name)
     ("saesteer.evaluation.compare", "_need_hook"),
     ("saesteer.evaluation.feature_card", "_need_sae"),
     ("saesteer.evaluation.feature_card", "_need_hook"),
-    ("saesteer.sweep.runner", "_need_sae"),
-    ("saesteer.sweep.runner", "_need_hook"),
     ("saesteer.evaluation.activations", "_block"),  # HookSite.block() (discovery)
 }
 KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()        # (importing module, imported module)

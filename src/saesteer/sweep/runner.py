@@ -106,8 +106,8 @@ class Sweep:
     def __init__(self, steerer, config: SweepConfig | None = None, *, out: str | os.PathLike | None = None,
                  facts: FactsTable | None = None, progress: bool = False, **settings):
         self.steerer = steerer
-        self.sae = steerer._need_sae()
-        self.hook = steerer._need_hook()
+        self.sae = steerer.need_sae()
+        self.hook = steerer.need_hook()
         self.lm = steerer.lm
         config = SweepConfig.build(config, settings, caller="Sweep")
         self.ranges = parse_features(config.features, self.sae.d_sae)

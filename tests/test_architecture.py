@@ -62,30 +62,9 @@ OPTIONAL_DEPENDENCIES = {"fastapi", "uvicorn", "pydantic", "httpx", "selenium", 
 # --- Temporary: known offenders in areas still being reworked by others (remove entries as they go). ---
 KNOWN_LONG_MODULES: set[str] = set()
 KNOWN_CYCLES: set[frozenset[str]] = set()
-KNOWN_PRIVATE_USES: set[tuple[str, str]] = {      # (using module, private name)
-    # Steerer._need_sae / _need_hook: old names of Steerer.need_sae / need_hook, still called from other areas
-    ("saesteer.evaluation.compare", "_need_sae"),
-    ("saesteer.evaluation.compare", "_need_hook"),
-    ("saesteer.evaluation.feature_card", "_need_sae"),
-    ("saesteer.evaluation.feature_card", "_need_hook"),
-    ("saesteer.evaluation.activations", "_block"),  # HookSite.block() (discovery)
-}
+KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()          # (using module, private name)
 KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()        # (importing module, imported module)
-KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = {          # (importing module, imported module)
-    # cli/ (robust, newcomer, arch-sweep, web)
-    ("saesteer.cli.serve_commands", "saesteer.steerer"),
-    ("saesteer.cli.serve_commands", "saesteer.web.results_index"),
-    # evaluation/, validation/ (discovery)
-    ("saesteer.evaluation.reference", "saesteer.engine"),
-    ("saesteer.evaluation.text_metrics", "saesteer.models.hook_sites"),
-    ("saesteer.validation.measures", "saesteer.engine"),
-    # web/ (web)
-    ("saesteer.web.service", "saesteer.evaluation.compare"),
-    ("saesteer.web.service", "saesteer.evaluation.feature_card"),
-    ("saesteer.web.service", "saesteer.evaluation.feature_facts"),
-    ("saesteer.web.service", "saesteer.evaluation.text_metrics"),
-    ("saesteer.web.service", "saesteer.saes.base"),
-}
+KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = set()      # (importing module, imported module)
 
 
 @dataclass

@@ -143,8 +143,6 @@ class Steerer:
             raise SaesteerError("no hook site chosen; pass hook= (CLI: --hook blocks.L.hook_resid_post)")
         return self.hook_name
 
-    _need_sae = need_sae  # old names, still used by other areas' modules
-    _need_hook = need_hook
 
     def tokens(self, prompt: str | None, *, prepend_bos: bool = True) -> list[int]:
         """Prompt ids; ``None`` or ``""`` means the BOS token alone."""
@@ -180,9 +178,6 @@ class Steerer:
         stats = reconstruction_stats(sae, run.activation, skip_first=skip)
         return ReconstructionReport(prompt, self.hook_name, run.next_token, stats,
                                     top_active(sae, run.activation[-1], top_n))
-
-    def config(self, **kwargs) -> GenerationConfig:
-        return GenerationConfig(**kwargs)
 
     def _edits(self, clamps, rows, mode, edit: Callable | None):
         edits = []

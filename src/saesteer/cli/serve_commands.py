@@ -9,6 +9,9 @@ import click
 
 from saesteer.cli.options import build_steerer, model_options
 from saesteer.errors import SaesteerError
+from saesteer.steerer import Steerer
+from saesteer.web.results_index import ResultsIndex
+
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":
@@ -100,8 +103,6 @@ def serve(model, sae, hook, device, add_sae, results, host, port, allow_host, qu
     if print_openapi:
         click.echo(openapi_text(), nl=False)
         return
-    from saesteer.steerer import Steerer
-    from saesteer.web.results_index import ResultsIndex
 
     sock = bind(host, port)  # a busy port is one line now, not after loading the model
     try:

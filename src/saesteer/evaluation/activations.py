@@ -16,9 +16,7 @@ def residual_directions(model, hook: str, directions: Tensor) -> Tensor:
     site = hook_site(model, hook)
     if site.kind != "mlp.hook_post":
         return directions
-    proj = site._block().get_submodule(site.arch.mlp_out_proj)
-    w = proj.weight.to(directions.dtype)
-    return directions @ w if type(proj).__name__ == "Conv1D" else directions @ w.T
+    return directions @ site.mlp_out_weight().to(directions.dtype)
 
 
 @torch.no_grad()

@@ -222,8 +222,8 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, valu
     ``reference_text``, or ``reference_samples`` x ``reference_length`` tokens the model samples), or False
     to skip on-target hits and feature cards. Generation keywords are those of ``Steerer.generate_many``.
     """
-    sae = steerer._need_sae()
-    hook = steerer._need_hook()
+    sae = steerer.need_sae()
+    hook = steerer.need_hook()
     if isinstance(prompts, str) or prompts is None:
         prompts = [prompts]
     prompts = list(prompts)

@@ -129,8 +129,8 @@ def feature_card(steerer, feature: int, *, values: Sequence[float] | None = None
     ``FactsTable``, or None to get it from ``feature_facts`` (cached; on ``reference_text`` or on text the
     model samples). ``context``: tokens shown before the active token.
     """
-    sae = steerer._need_sae()
-    hook = steerer._need_hook()
+    sae = steerer.need_sae()
+    hook = steerer.need_hook()
     if isinstance(feature, bool) or not isinstance(feature, int):
         raise SaesteerError(f"feature must be an integer, got {feature!r}")
     sae.check_feature(feature)

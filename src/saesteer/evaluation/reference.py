@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
 
 SAMPLE_CHUNK = 128
@@ -59,10 +61,6 @@ def sample_reference(lm, *, samples: int = 256, length: int = 64, seed: int = 0,
                      progress: bool = False, temperature: float = 1.0) -> Reference:
     """``samples`` sequences of ``length`` tokens that the model samples from BOS (at ``temperature``,
     seeded; ``stop_at_eos`` off, so all have the same length)."""
-    from tqdm.auto import tqdm
-
-    from saesteer.engine import GenerationConfig, generate_ids
-
     if lm.bos_token_id is None:
         raise SaesteerError("the model has no BOS token to sample reference text from")
     rows: list[list[int]] = []

@@ -18,6 +18,10 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
+import torch
+
+from saesteer.models.hook_sites import vocab_size
+
 _WORD = re.compile(r"[^\W\d_]+")
 
 FUNCTION_WORDS: frozenset[str] = frozenset(
@@ -247,10 +251,6 @@ def mean_logprob(model, prompt: Sequence[int], continuations: Sequence[Sequence[
     Rows share the prompt, so they are right-padded with an attention mask and need no position ids.
     ``max_logits`` bounds the logits held at once (rows per forward = max_logits / (length * vocab)).
     """
-    import torch
-
-    from saesteer.models.hook_sites import vocab_size  # beside torch: the text metrics above need neither
-
     prompt = [int(t) for t in prompt]
     out: list[float | None] = [None] * len(continuations)
     todo = [i for i, c in enumerate(continuations) if len(c) > 0]

@@ -86,8 +86,6 @@ class HookSite:
         """The transformer block (decoder layer) this site belongs to."""
         return self.model.get_submodule(self.arch.layers)[self.layer]
 
-    _block = block  # old private name, kept until its last caller (evaluation/activations.py) moves
-
     def mlp_out_weight(self) -> Tensor:
         """The block's MLP output projection as ``[d_mlp, d_model]`` (GPT-2's Conv1D stores ``[in, out]``,
         ``nn.Linear`` ``[out, in]``): ``mlp.hook_post`` activations times it give the MLP's output."""

@@ -7,6 +7,7 @@ import re
 
 import torch
 
+from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.evaluation.readback import top_fraction
 from saesteer.evaluation.text_metrics import hits
 from saesteer.sweep.rank import annotate, rank
@@ -18,8 +19,6 @@ TOP_N = 20
 def model_opening(lm, n_words: int = 4) -> str:
     """The opening words of the text the model itself writes most readily (greedy, from BOS): a prompt that
     assumes nothing about the model's domain."""
-    from saesteer.engine import GenerationConfig, generate_ids
-
     out = generate_ids(lm.model, [[lm.bos_token_id]], GenerationConfig(max_new_tokens=4 * n_words + 4),
                        eos_token_id=lm.eos_token_id, pad_token_id=lm.pad_token_id)[0]
     words = lm.decode(out).split()[:n_words]

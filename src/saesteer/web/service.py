@@ -16,6 +16,11 @@ import time
 from typing import Callable
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.compare import compare
+from saesteer.evaluation.feature_card import feature_card
+from saesteer.evaluation.feature_facts import FactsTable, logit_lens, model_fingerprint, sae_fingerprint
+from saesteer.evaluation.text_metrics import Targets, hits
+from saesteer.saes.base import SAE, SAEConfig
 from saesteer.steering.clamp import FeatureClamp
 from saesteer.web.errors import InputError
 from saesteer.web.histogram import ReferenceActivations
@@ -112,8 +117,6 @@ class Service:
             return self._facts
 
     def _find_facts(self):
-        from saesteer.evaluation.feature_facts import FactsTable, model_fingerprint, sae_fingerprint
-
         fingerprints = None
         for folder in self.results.folders:
             if not FactsTable.exists(folder.facts_dir):
@@ -132,9 +135,6 @@ class Service:
 
     def lens(self, feature: int, n: int = LENS_TOKENS) -> tuple[list[dict], list[dict]]:
         """Top and bottom logit-lens tokens of one feature (``feature_facts.logit_lens`` on that feature alone)."""
-        from saesteer.evaluation.feature_facts import logit_lens
-        from saesteer.saes.base import SAE, SAEConfig
-
         s = self.sae
         one = SAE(SAEConfig(d_in=s.d_in, d_sae=1, hook_name=self.hook), s.W_enc[:, feature:feature + 1],
                   s.b_enc[feature:feature + 1], s.W_dec[feature:feature + 1], s.b_dec)
@@ -155,8 +155,6 @@ class Service:
                "facts_from": label, "max_activation": None, "frequency": None, "firing_words": [],
                "firing_tokens": [], "contexts": []}
         if table is not None:
-            from saesteer.evaluation.feature_card import feature_card
-
             card = feature_card(self.st, feature, values=(), facts=table, n_tokens=LENS_TOKENS)
             tok = lambda ts: [{"id": t.id, "text": t.text, "value": t.value} for t in ts]  # noqa: E731
             out.update(lens_top=tok(card.promoted), lens_bottom=tok(card.suppressed),
@@ -177,9 +175,6 @@ class Service:
 
     def curve(self, req, check: Callable) -> dict:
         """A strength curve (``CompareResponse`` fields) by ``evaluation.compare``."""
-        from saesteer.evaluation.compare import compare
-        from saesteer.evaluation.text_metrics import Targets, hits
-
         t0 = time.perf_counter()
         table, _ = self.facts()
         cmp = compare(_Checked(self.st, check), req.prompt, req.feature, values=list(req.values),

@@ -154,3 +154,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+REFERENCE_STORY = (
+    "Once upon a time a little dragon lived in a cave by the sea. Every morning the dragon flew over the "
+    "village and the children waved. The king of the village was afraid of the dragon, but his daughter was not.")
+"""A short English story: reference text for feature facts on tiny models with the real GPT-2 tokenizer."""
+
+
+@pytest.fixture(scope="module")
+def small_steerer(gpt2_tokenizer):
+    """A 2-layer, 32-wide random GPT-2 with a 64-latent TopK(4) SAE at blocks.1.hook_resid_post (per module:
+    tests may change its state)."""
+    from saesteer import Steerer
+
+    model = make_tiny_gpt2(n_layer=2, d_model=32, n_head=2, seed=0)
+    sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=1)
+    return Steerer(model, sae, tokenizer=gpt2_tokenizer)
+
+
+@pytest.fixture()
+def reference_story(tmp_path) -> Path:
+    """REFERENCE_STORY written to a file, as feature facts take it."""
+    path = tmp_path / "ref.txt"
+    path.write_text(REFERENCE_STORY)
+    return path

@@ -15,23 +15,10 @@ from saesteer.sweep import store as st
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REF = ("Once upon a time a little dragon lived in a cave by the sea. Every morning the dragon flew over the "
-       "village and the children waved. The king of the village was afraid of the dragon, but his daughter was not.")
 
 
-@pytest.fixture(scope="module")
-def steerer(gpt2_tokenizer):
-    from conftest import make_sae, make_tiny_gpt2
-
-    from saesteer import Steerer
-
-    model = make_tiny_gpt2(n_layer=2, d_model=32, n_head=2, seed=0)
-    sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=1)
-    return Steerer(model, sae, tokenizer=gpt2_tokenizer)
-
-
-def test_readback_vectors_equal_each_text_read_alone(steerer):
-    lm, sae, hook = steerer.lm, steerer.sae, steerer.hook_name
+def test_readback_vectors_equal_each_text_read_alone(small_steerer):
+    lm, sae, hook = small_steerer.lm, small_steerer.sae, small_steerer.hook_name
     prompt = lm.encode("The dragon")
     conts = [[262, 1110, 318], [11, 290], [], [464, 3290, 1110, 318, 257]]
     got = readback_vectors(lm.model, sae, hook, prompt, conts, pad_token_id=lm.pad_token_id, rows_per_call=3)
@@ -89,22 +76,21 @@ def test_steer_score_on_known_values(fields, words, internal, steer):
     assert explain(fields).startswith("steer")
 
 
-def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(steerer, tmp_path, monkeypatch):
+def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, small_steerer, tmp_path, monkeypatch):
     monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
-    ref = tmp_path / "ref.txt"
-    ref.write_text(REF)
+    ref = reference_story
     out = tmp_path / "sw"
     kw = dict(features="0:12", values=[20, -10], batch_size=8, reference_text=ref, fluency=True)
-    results = Sweep(steerer, out=out, readback=True, **kw).results()
-    plain = Sweep(steerer, **kw).results()
+    results = Sweep(small_steerer, out=out, readback=True, **kw).results()
+    plain = Sweep(small_steerer, **kw).results()
     # The measure adds fields and changes nothing else.
     for a, b in zip(results, plain):
         ra, rb = a.to_record(), b.to_record()
         assert {k: v for k, v in ra.items() if not k.startswith("readback")} == rb
         assert "readback_ids" in ra and "readback_ids" not in rb
     recs = st.load_records(out)
-    lm = steerer.lm
-    vec = readback_vectors(lm.model, steerer.sae, steerer.hook_name, steerer.tokens(None), [recs[3]["tokens"]],
+    lm = small_steerer.lm
+    vec = readback_vectors(lm.model, small_steerer.sae, small_steerer.hook_name, small_steerer.tokens(None), [recs[3]["tokens"]],
                            pad_token_id=lm.pad_token_id)[0]
     assert recs[3]["readback_ids"] == sparse(vec)[0]
     rows = top(out, n=None)
@@ -114,4 +100,4 @@ def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(steerer, tmp_path,
     assert run(["top", str(out), "--explain", str(rows[0].feature)]) == 0
     assert run(["top", str(out), "--sort", "readback", "--n", "3"]) == 0
     with pytest.raises(SaesteerError, match="readback"):  # another sweep identity: readback is part of it
-        Sweep(steerer, out=out, **kw).results()
+        Sweep(small_steerer, out=out, **kw).results()

@@ -9,30 +9,16 @@ from saesteer.evaluation.text_metrics import mean_logprob
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REF = ("Once upon a time a little dragon lived in a cave by the sea. Every morning the dragon flew over the "
-       "village and the children waved. The king of the village was afraid of the dragon, but his daughter was not.")
 
 
-@pytest.fixture(scope="module")
-def steerer(gpt2_tokenizer):
-    from conftest import make_sae, make_tiny_gpt2
-
-    from saesteer import Steerer
-
-    model = make_tiny_gpt2(n_layer=2, d_model=32, n_head=2, seed=0)
-    sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=1)
-    return Steerer(model, sae, tokenizer=gpt2_tokenizer)
-
-
-def test_strengths_change_the_text_and_stay_fluent(steerer, tmp_path):
-    ref = tmp_path / "ref.txt"
-    ref.write_text(REF)
-    facts = feature_facts(steerer, reference_text=ref, cache_dir=tmp_path / "c")
+def test_strengths_change_the_text_and_stay_fluent(reference_story, small_steerer, tmp_path):
+    ref = reference_story
+    facts = feature_facts(small_steerer, reference_text=ref, cache_dir=tmp_path / "c")
     features = list(range(12))
-    found = strength_search(steerer, features, facts, max_new_tokens=8, lo=0.25, hi=64.0, steps=3)
+    found = strength_search(small_steerer, features, facts, max_new_tokens=8, lo=0.25, hi=64.0, steps=3)
     assert [s.feature for s in found] == features
-    base = steerer.generate(None, max_new_tokens=8)
-    lm = steerer.lm
+    base = small_steerer.generate(None, max_new_tokens=8)
+    lm = small_steerer.lm
     base_flu = mean_logprob(lm.model, base.prompt_tokens, [base.tokens], pad_token_id=lm.pad_token_id)[0]
     changed = [s for s in found if s.change is not None]
     assert changed, "some feature changes the text within 0.25 .. 64 x its max activation"
@@ -42,36 +28,35 @@ def test_strengths_change_the_text_and_stay_fluent(steerer, tmp_path):
             continue
         if s.change is not None:
             assert 0.25 <= s.change <= 64.0
-            g = steerer.generate(None, clamps={s.feature: s.change * s.max_activation}, max_new_tokens=8)
+            g = small_steerer.generate(None, clamps={s.feature: s.change * s.max_activation}, max_new_tokens=8)
             assert list(g.tokens) != list(base.tokens)
         if s.fluent is not None:
             assert s.change is not None and s.change <= s.fluent <= 64.0
-            g = steerer.generate(None, clamps={s.feature: s.fluent * s.max_activation}, max_new_tokens=8)
+            g = small_steerer.generate(None, clamps={s.feature: s.fluent * s.max_activation}, max_new_tokens=8)
             flu = mean_logprob(lm.model, g.prompt_tokens, [g.tokens], pad_token_id=lm.pad_token_id)[0]
             assert base_flu - flu <= 1.0 or list(g.tokens) == list(base.tokens)
             assert s.best == s.fluent
     with pytest.raises(SaesteerError):
-        strength_search(steerer, [0], facts, lo=2.0, hi=1.0)
+        strength_search(small_steerer, [0], facts, lo=2.0, hi=1.0)
 
 
-def test_sweep_with_auto_strength_clamps_each_feature_at_its_best(steerer, tmp_path):
+def test_sweep_with_auto_strength_clamps_each_feature_at_its_best(reference_story, small_steerer, tmp_path):
     from saesteer.evaluation.strength import best_scales
     from saesteer.sweep import Sweep, top
 
-    ref = tmp_path / "ref.txt"
-    ref.write_text(REF)
+    ref = reference_story
     out = tmp_path / "sw"
     kw = dict(features="0:6", values=[1.0, 0.5], max_new_tokens=8, fluency=True, reference_text=ref,
               cache_dir=str(tmp_path / "c"))
-    sw = Sweep(steerer, out=out, auto_strength=True, **kw)
+    sw = Sweep(small_steerer, out=out, auto_strength=True, **kw)
     results = sw.results()
-    scales = best_scales(steerer, range(6), sw.facts, max_new_tokens=8)
+    scales = best_scales(small_steerer, range(6), sw.facts, max_new_tokens=8)
     assert [(r.feature, r.value) for r in results] == [(f, v) for f in range(6) for v in (1.0, 0.5)]
     for r in results:
         assert r.clamp == pytest.approx(r.value * scales[r.feature], rel=1e-5)
-        g = steerer.generate(None, clamps={r.feature: r.clamp}, max_new_tokens=8)
+        g = small_steerer.generate(None, clamps={r.feature: r.clamp}, max_new_tokens=8)
         assert list(g.tokens) == r.tokens
     rows = top(out, n=3)
     assert len(rows) == 3
     with pytest.raises(SaesteerError):  # another identity than the same sweep without it
-        Sweep(steerer, out=out, **kw).results()
+        Sweep(small_steerer, out=out, **kw).results()

@@ -57,6 +57,19 @@ def test_defaults_fall_back_to_the_embedded_pair_when_offline(monkeypatch, tmp_p
     assert choose(DEFAULT_MODEL, DEFAULT_SAE, "blocks.3.hook_resid_post").note is None
 
 
+def test_generate_json_names_the_embedded_pair_it_ran_offline(monkeypatch, tmp_path, capsys):
+    import json
+
+    from saesteer.cli.main import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
+    assert run(["generate", "--prompt", "Once upon a time", "--max-new-tokens", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["model"], out["sae"], out["hook"]) == ("stories260K", "stories260K", assets.EMBEDDED_HOOK)
+
+
 def test_unreachable_hub_is_noticed_by_a_probe_not_by_retries(monkeypatch, tmp_path):
     for key, value in _unreachable_env(tmp_path).items():
         monkeypatch.setenv(key, value)

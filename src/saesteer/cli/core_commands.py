@@ -92,7 +92,7 @@ def generate(model, sae, hook, device, prompt, prompt_file, clamps, max_new_toke
                                temperature=temperature, top_p=top_p, seed=seed, prepend_bos=not no_bos)
     if as_json:
         objs = [{
-            "model": model, "sae": sae, "hook": st.hook_name, "mode": mode, "prompt": p,
+            "model": st.lm.name, "sae": st.sae_name or sae, "hook": st.hook_name, "mode": mode, "prompt": p,
             "clamps": [c.to_dict() for c in parsed], "prompt_tokens": r.prompt_tokens,
             "tokens": r.tokens, "text": r.text,
             "temperature": temperature, "top_p": top_p, "seed": r.seed, "max_new_tokens": max_new_tokens,

@@ -338,3 +338,21 @@ def test_compare_on_real_stories_model(stories_path, tmp_path):
     assert cmp.cards and cmp.cards[0].feature == 5
     cmp.save_html(tmp_path / "stories.html")
     assert "data:image/png;base64," in (tmp_path / "stories.html").read_text(encoding="utf-8")
+
+
+def test_a_config_equals_its_keywords_and_relative_values_are_multiples(st, active, facts, tmp_path_factory):
+    """compare(config) and compare(**keywords) are the same call; relative=True reads the values as
+    multiples of the feature's max activation on the reference text (as `compare --relative` does)."""
+    from saesteer.evaluation.compare import CompareConfig
+
+    kw = dict(values=[-5.0, 5.0], max_new_tokens=4, mode="add")
+    a = compare(st, PROMPT, active, facts=False, **kw)
+    b = compare(st, PROMPT, active, CompareConfig(**kw), facts=False)
+    assert a.to_dict() == b.to_dict() and a.values == [-5.0, 5.0]
+    ref = dict(reference_samples=4, reference_length=12, cache_dir=tmp_path_factory.getbasetemp() / "saesteer-facts")
+    rel = compare(st, PROMPT, active, values=[2.0], relative=True, max_new_tokens=4, facts=facts, cards=False, **ref)
+    peak = float(facts.max_activation[active])
+    assert peak > 0 and rel.values == [pytest.approx(2.0 * peak)]
+    assert rel.prompts[0].settings[0].clamps[0].value == pytest.approx(2.0 * peak)
+    with pytest.raises(TypeError, match="unexpected keywords: nope"):
+        compare(st, PROMPT, active, values=[1.0], nope=1)

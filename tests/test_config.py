@@ -2,6 +2,7 @@
 settings all come from one set of fields."""
 
 import json
+import re
 from dataclasses import dataclass
 
 import click
@@ -163,3 +164,76 @@ def test_every_steering_mode_is_offered_by_the_web_api():
     from saesteer.web.schemas import MODES as WEB_MODES
 
     assert tuple(WEB_MODES) == tuple(MODES)
+
+
+@pytest.mark.parametrize("command, config, own", [
+    ("compare", "CompareConfig", {"--prompt", "--prompt-file", "--clamp", "--out", "--plot", "--json"}),
+    ("feature", "FeatureCardConfig", {"--out", "--json"}),
+])
+def test_compare_and_feature_options_are_the_config_fields(capsys, command, config, own):
+    """`saesteer compare` and `saesteer feature`: one option per command-line field of their config (the
+    model options and the command's own inputs and outputs besides), with the field's help."""
+    from saesteer.cli.compare_commands import COMMANDS
+    from saesteer.cli.config_options import option_name
+    from saesteer.cli.main import run
+    from saesteer.cli.options import model_options
+    from saesteer.config import settings_of
+    from saesteer.evaluation import compare_config
+
+    cls = getattr(compare_config, config)
+    cmd = {c.name: c for c in COMMANDS}[command]
+    fields = [option_name(f.name, s) for f, s, _ in settings_of(cls) if s.cli]
+    opts = [o for p in cmd.params for o in p.opts if o.startswith("--")]
+    model_opts = {o for p in click.command()(model_options(lambda **kw: None)).params for o in p.opts}
+    assert sorted(set(opts) - model_opts - own) == sorted(fields) and len(fields) == len(set(fields))
+    assert run([command, "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    shown = set(re.findall(r"--[a-z-]+", out))
+    for f, s, _ in settings_of(cls):
+        assert (option_name(f.name, s) in shown) == s.cli, f.name
+        if s.cli:
+            assert " ".join(s.help.split()[:6]) in out, f.name
+    assert "--cache-dir" not in shown and "--cards" not in shown
+
+
+def test_compare_and_feature_configs_check_and_parse_their_fields(tmp_path):
+    from saesteer.evaluation.compare_config import CompareConfig, FeatureCardConfig
+
+    assert CompareConfig(values="-20, 0,20").values == (-20.0, 0.0, 20.0)
+    assert CompareConfig(values="").values is None and FeatureCardConfig(values=()).values == ()
+    assert CompareConfig(values=[1, 2]).to_dict()["values"] == [1.0, 2.0]
+    for bad, word in (({"values": "1,x"}, "bad clamp value"), ({"samples": 3}, "temperature > 0"),
+                      ({"samples": 0}, "at least 1"), ({"mode": "sideways"}, "unknown mode"),
+                      ({"reference_text": str(tmp_path / "none.txt")}, "reference text file not found"),
+                      ({"values": 5}, "list of clamp values")):
+        with pytest.raises(SaesteerError, match=word) as e:
+            CompareConfig(**bad)
+        assert len(str(e.value).splitlines()) == 1
+    c = CompareConfig(samples=4, temperature=1, seed=3)
+    assert CompareConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    with pytest.raises(SaesteerError, match="at most 100"):
+        FeatureCardConfig(n_tokens=101)
+
+
+def test_an_option_on_by_default_is_a_no_flag():
+    """A bool field that defaults to True is its --no-NAME flag (``--no-bos`` sets ``prepend_bos`` False)."""
+    from saesteer.cli.config_options import config_from, config_options
+    from saesteer.evaluation.compare_config import CompareConfig
+
+    seen = {}
+
+    @click.command()
+    @config_options(CompareConfig)
+    def cmd(**kw):
+        seen["c"] = config_from(CompareConfig, kw)
+
+    assert CliRunner().invoke(cmd, []).exit_code == 0 and seen["c"].prepend_bos and seen["c"].use_facts
+    assert CliRunner().invoke(cmd, ["--no-bos", "--no-facts"]).exit_code == 0
+    assert not seen["c"].prepend_bos and not seen["c"].use_facts
+
+    @dataclass(frozen=True)
+    class Bad(Config):
+        on: bool = setting(True, help="On.")
+
+    with pytest.raises(TypeError, match="--no-"):
+        config_options(Bad)

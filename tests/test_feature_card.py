@@ -149,3 +149,15 @@ def test_cli_feature_errors(capsys, base, args, message):
     assert run(["feature", args[0], *base, *args[1:]]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_a_config_equals_its_keywords_and_relative_values_are_multiples(st, facts, fired, tmp_path_factory):
+    from saesteer.evaluation.compare_config import FeatureCardConfig
+
+    kw = dict(values=[3.0], max_new_tokens=3, n_tokens=4, n_contexts=2)
+    a = feature_card(st, fired, facts=facts, **kw)
+    assert a.to_dict() == feature_card(st, fired, FeatureCardConfig(**kw), facts=facts).to_dict()
+    ref = dict(reference_samples=4, reference_length=12, cache_dir=tmp_path_factory.getbasetemp() / "saesteer-facts")
+    rel = feature_card(st, fired, facts=facts, relative=True, values=[1.0, 2.0], max_new_tokens=3, **ref)
+    peak = float(facts.max_activation[fired])
+    assert [s.value for s in rel.samples] == [pytest.approx(peak), pytest.approx(2.0 * peak)]

@@ -62,7 +62,8 @@ def setting(default: Any = MISSING, *, help: str, default_factory: Any = MISSING
     (``min_open``): bounds; ``choices``: allowed values, checked everywhere; ``cli_choices``: allowed on the
     command line only. ``cli`` False: Python only; ``cli_name``: the option's spelling (default
     ``--field-name``); ``cli_default``: its default when it differs from the field's (None: the field's
-    default, not shown); ``flag_value``: the value of the bare option (``--ray`` alone); ``multiple``:
+    default, not shown); ``flag_value``: the value of the bare option (``--ray`` alone); a bool field that
+    defaults to True is the flag ``cli_name`` (``--no-bos``) that sets it False; ``multiple``:
     repeatable (given as text when ``parse`` is set, else as the element type); ``path``: ``"file"`` (must
     exist) or ``"dir"``. ``record`` False: not written by :meth:`Config.to_dict`; ``encode``: how
     :meth:`Config.to_dict` writes the value; ``parse``: turns any accepted form (text from the command line, a
@@ -112,6 +113,9 @@ class Config:
                 continue
             if s.parse is not None:
                 value = s.parse(value)
+                if value is None:  # a text form of "not given" (``--values ""``)
+                    object.__setattr__(self, f.name, None)
+                    continue
             value = _coerce(f.name, value, tp)
             _check(f.name, value, s)
             object.__setattr__(self, f.name, value)

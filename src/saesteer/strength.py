@@ -45,10 +45,10 @@ class Scale:
 
 
 def feature_scale(steerer, features: Iterable[int], *, reference_text=None, reference_samples: int = 256,
-                  reference_length: int = 64, progress: bool = False) -> Scale:
+                  reference_length: int = 64, cache_dir=None, progress: bool = False) -> Scale:
     """The :class:`Scale` of ``features`` of ``steerer``'s SAE, from the (cached) feature facts."""
     facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
-                          length=reference_length, progress=progress)
+                          length=reference_length, cache_dir=cache_dir, progress=progress)
     peaks = facts.max_activation
     source = (f"{reference_text}" if reference_text is not None
               else f"the model's own text ({reference_samples} samples x {reference_length} tokens)")
@@ -58,3 +58,23 @@ def feature_scale(steerer, features: Iterable[int], *, reference_text=None, refe
 def absolute_values(scale: Scale, features: Sequence[int], multiples: Sequence[float]) -> dict[int, list[float]]:
     """Per feature, each multiple turned into a clamp value."""
     return {int(f): [scale.value(f, m) for m in multiples] for f in features}
+
+
+def relative_settings(steerer, pairs: Sequence[tuple[int, float | None]], values: Sequence[float] | None, *,
+                      relative: bool, reference_text=None, reference_samples: int = 256, reference_length: int = 64,
+                      cache_dir=None, progress: bool = False) -> tuple[list[tuple[int, float | None]], list[float] | None, Scale]:
+    """Clamp settings in each feature's own units, turned into absolute values: ``(pairs, values, scale)``.
+
+    ``values`` (when given) are multiples for the single feature of ``pairs``; otherwise each pair's value is a
+    multiple when ``relative`` (else absolute), and a pair without a value gets :data:`DEFAULT_MULTIPLE`."""
+    feats = [f for f, _ in pairs]
+    scale = feature_scale(steerer, feats, reference_text=reference_text, reference_samples=reference_samples,
+                          reference_length=reference_length, cache_dir=cache_dir, progress=progress)
+    if values is not None:  # --relative --values: one multiple per setting; only one feature has one scale
+        if len(set(feats)) != 1:
+            raise SaesteerError("--relative --values needs a single --clamp feature (each feature has its own"
+                                " scale); write --relative --clamp F=MULTIPLE for several")
+        return list(pairs), [scale.value(feats[0], m) for m in values], scale
+    pairs = [(f, scale.value(f, DEFAULT_MULTIPLE if v is None else v) if (relative or v is None) else v)
+             for f, v in pairs]
+    return pairs, None, scale

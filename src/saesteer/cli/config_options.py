@@ -42,8 +42,12 @@ def _shown(value):
 def _option(f, s: Setting, tp) -> tuple[list[str], dict]:
     kind = base_type(tp)
     default = default_of(f) if s.cli_default is UNSET else s.cli_default
-    kw: dict = dict(help=s.help, show_default=default not in (None, False, ()))
-    if kind is bool and s.flag_value is None:
+    kw: dict = dict(help=s.help, show_default=not (default is None or default is False or default == ()))
+    if kind is bool and s.flag_value is None and default is True:  # on by default: --no-NAME turns it off
+        if not (s.cli_name or "").startswith("--no-"):
+            raise TypeError(f"{f.name} is on by default: name its option --no-... (cli_name) to turn it off")
+        kw.update(is_flag=True, flag_value=False, default=True, show_default=False)
+    elif kind is bool and s.flag_value is None:
         kw.update(is_flag=True, default=bool(default), show_default=False)
     else:
         if s.multiple:

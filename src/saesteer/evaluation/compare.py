@@ -44,9 +44,11 @@ With ``n`` samples the smallest possible p is ``2 / 2^n``: p < 0.05 needs at lea
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Sequence
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.compare_config import CompareConfig, parse_clamp_values
 from saesteer.evaluation.comparison import Comparison, Continuation, PromptComparison, Setting
 from saesteer.evaluation.feature_card import feature_card
 from saesteer.evaluation.feature_facts import feature_facts
@@ -56,28 +58,14 @@ from saesteer.evaluation.text_metrics import Targets, mean_logprob, text_metrics
 from saesteer.evaluation.token_text import token_pieces
 from saesteer.steering.clamp import FeatureClamp
 from saesteer.steering.values import check_value
+from saesteer.strength import relative_settings
 
-__all__ = ["Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting", "Stat", "TESTED",
+__all__ = ["CompareConfig", "Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting", "Stat", "TESTED",
            "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
            "token_pieces"]
 
 
 # --------------------------------------------------------------------------- parsing helpers
-def parse_clamp_values(text: str | None) -> list[float] | None:
-    """``"-20,-10,0,10,20"`` -> ``[-20.0, -10.0, 0.0, 10.0, 20.0]``; None/"" -> None; one-line error otherwise."""
-    if text is None or not str(text).strip():
-        return None
-    out = []
-    for part in str(text).split(","):
-        try:
-            v = float(part)
-        except ValueError:
-            raise SaesteerError(f"bad clamp value {part.strip()!r} in {text!r}; write numbers separated by"
-                                " commas, e.g. --values -20,-10,0,10,20") from None
-        out.append(check_value(v, "clamp value"))
-    return out
-
-
 def parse_feature_or_clamp(text: str) -> tuple[int, float | None]:
     """``"123=20"`` -> (123, 20.0); ``"123"`` -> (123, None) (a value then comes from ``--values``)."""
     feature, sep, value = str(text).partition("=")
@@ -92,8 +80,6 @@ def parse_feature_or_clamp(text: str) -> tuple[int, float | None]:
 # --------------------------------------------------------------------------- compare
 def _pairs(clamps) -> list[tuple[int, float | None]]:
     """``(feature, value or None)`` from ints, ``{f: v}``, ``(f, v)``, ``FeatureClamp``s, or lists of those."""
-    from collections.abc import Mapping
-
     if clamps is None:
         return []
     if isinstance(clamps, bool):
@@ -204,11 +190,8 @@ def _compare_prompt(steerer, prompt, settings_spec, samples: int, targets, gen_k
     return PromptComparison(prompt, list(prompt_tokens), baseline, settings)
 
 
-def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, values: Sequence[float] | None = None,
-            samples: int = 1, temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
-            max_new_tokens: int = 10, mode: str = "delta", prepend_bos: bool = True, facts=None,
-            reference_text=None, reference_samples: int = 256, reference_length: int = 64,
-            cache_dir=None, cards: bool = True, progress: bool = False) -> Comparison:
+def compare(steerer, prompts: str | None | Sequence[str | None], clamps, config: CompareConfig | None = None, *,
+            facts=None, progress: bool = False, **settings) -> Comparison:
     """Continue each prompt unsteered and under each clamp setting, and measure every continuation.
 
     ``steerer``: a :class:`~saesteer.steerer.Steerer` with an SAE. ``prompts``: a prompt, or a list (None:
@@ -216,40 +199,32 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, valu
     ``values``, the features alone (``123`` or ``[123, 456]``) are enough, and every value ``v`` becomes one
     setting that clamps all of them to ``v`` (values given in ``clamps`` are then not used).
     ``samples``: continuations per setting (more than one needs ``temperature > 0``; sample ``i`` uses the
-    same seeded stream in every setting).
+    same seeded stream in every setting). ``relative``: the values are multiples of each feature's max
+    activation on the reference text.
 
     ``facts``: a ``FactsTable`` (``feature_facts``), None to get it from the cache or compute it (on
     ``reference_text``, or ``reference_samples`` x ``reference_length`` tokens the model samples), or False
-    to skip on-target hits and feature cards. Generation keywords are those of ``Steerer.generate_many``.
+    to skip on-target hits and feature cards (as ``use_facts=False``). The settings are a
+    :class:`CompareConfig` (``config``) and/or its fields as keywords (generation keywords are those of
+    ``Steerer.generate_many``).
     """
+    c = CompareConfig.build(config, settings, caller="compare")
     sae = steerer.need_sae()
     hook = steerer.need_hook()
-    if isinstance(prompts, str) or prompts is None:
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise SaesteerError("give at least one prompt")
-    if samples < 1:
-        raise SaesteerError(f"samples must be >= 1, got {samples}")
-    if samples > 1 and temperature == 0:
-        raise SaesteerError("several samples need sampling: pass temperature > 0 (greedy continuations are all"
-                            " the same)")
-    if values is not None:
-        values = [float(v) for v in values]
+    prompts = _prompt_list(prompts)
+    values = None if c.values is None else list(c.values)
+    if c.relative:
+        clamps, values, _ = relative_settings(steerer, _pairs(clamps), values, relative=True, progress=progress,
+                                              **_reference(c))
     settings_spec = _settings(clamps, values)
-    features = sorted({c.feature for c in settings_spec[0][2]})
+    features = sorted({cl.feature for cl in settings_spec[0][2]})
     for f in features:
         sae.check_feature(f)
-    if facts is None:
-        facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
-                              length=reference_length, cache_dir=cache_dir, progress=progress,
-                              engine=steerer.engine)
-    if facts is False:
-        facts = None
+    facts = _facts_of(steerer, c, facts, progress)
     targets = _targets_for(facts, features)
-    gen_kwargs = dict(mode=mode, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                      prepend_bos=prepend_bos)
-    results = [_compare_prompt(steerer, prompt, settings_spec, samples, targets, gen_kwargs) for prompt in prompts]
+    gen_kwargs = dict(mode=c.mode, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
+                      seed=c.seed, prepend_bos=c.prepend_bos)
+    results = [_compare_prompt(steerer, prompt, settings_spec, c.samples, targets, gen_kwargs) for prompt in prompts]
     lm = steerer.lm
     target_info = None
     card_list = []
@@ -259,11 +234,37 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, *, valu
             "lens": [lm.decode([t]) for t in sorted(targets.lens_ids)],
             "firing": [lm.decode([t]) for t in sorted(targets.token_ids)],
         }
-        if cards:
+        if c.cards:
             card_list = [feature_card(steerer, f, values=(), facts=facts) for f in features]
     return Comparison(
-        model=lm.name, sae=sae.cfg.source or "", hook=hook, mode=mode, features=features, values=values,
-        samples=samples, temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens,
-        prepend_bos=prepend_bos, prompts=results, targets=target_info, cards=card_list,
+        model=lm.name, sae=sae.cfg.source or "", hook=hook, mode=c.mode, features=features, values=values,
+        samples=c.samples, temperature=c.temperature, top_p=c.top_p, seed=c.seed, max_new_tokens=c.max_new_tokens,
+        prepend_bos=c.prepend_bos, prompts=results, targets=target_info, cards=card_list,
         reference=dict(facts.meta.get("reference", {})) if facts is not None else None,
     )
+
+
+def _prompt_list(prompts) -> list[str | None]:
+    if isinstance(prompts, str) or prompts is None:
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise SaesteerError("give at least one prompt")
+    return prompts
+
+
+def _reference(c) -> dict:
+    """The reference-text settings of a config, as ``feature_scale``'s keywords."""
+    return dict(reference_text=c.reference_text, reference_samples=c.reference_samples,
+                reference_length=c.reference_length, cache_dir=c.cache_dir)
+
+
+def _facts_of(steerer, c: CompareConfig, facts, progress: bool):
+    """The feature facts to measure with: ``facts`` when given, none when skipped, else the (cached) facts."""
+    if facts is False or not c.use_facts:
+        return None
+    if facts is None:
+        return feature_facts(steerer, reference_text=c.reference_text, samples=c.reference_samples,
+                             length=c.reference_length, cache_dir=c.cache_dir, progress=progress,
+                             engine=steerer.engine)
+    return facts

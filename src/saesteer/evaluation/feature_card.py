@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.compare_config import FeatureCardConfig
 from saesteer.evaluation.facts_table import TokenScore
 from saesteer.evaluation.feature_facts import feature_facts
 from saesteer.evaluation.report import card_fragment, card_page, card_text
 from saesteer.evaluation.token_text import token_pieces
 from saesteer.io import atomic_write_text
+from saesteer.strength import DEFAULT_MULTIPLES, Scale, feature_scale
 
 DEFAULT_VALUES = (-20.0, 10.0, 20.0, 40.0)
 """Clamp values of the card's steered samples when none are given (the practical session clamps to 20)."""
@@ -117,51 +119,66 @@ def _tokens(scores, n: int) -> list[Token]:
     return [Token(int(s.id), s.text, float(s.value)) for s in list(scores)[:n]]
 
 
-def feature_card(steerer, feature: int, *, values: Sequence[float] | None = None, prompt: str | None = None,
-                 max_new_tokens: int = 20, mode: str = "delta", temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, prepend_bos: bool = True, facts=None, reference_text=None,
-                 reference_samples: int = 256, reference_length: int = 64, cache_dir=None, n_tokens: int = 10,
-                 n_contexts: int = 8, context: int = 10, progress: bool = False) -> FeatureCard:
+def scaled_values(steerer, feature: int, multiples: Sequence[float] | None, config: FeatureCardConfig, *,
+                  progress: bool = False) -> tuple[list[float], list[float], Scale]:
+    """``(multiples, values, scale)``: the card's steered-sample values as ``multiples`` (default
+    :data:`~saesteer.strength.DEFAULT_MULTIPLES`) of the feature's max activation on the reference text."""
+    multiples = list(DEFAULT_MULTIPLES if multiples is None else multiples)
+    scale = feature_scale(steerer, [feature], reference_text=config.reference_text,
+                          reference_samples=config.reference_samples, reference_length=config.reference_length,
+                          cache_dir=config.cache_dir, progress=progress)
+    return multiples, [scale.value(feature, m) for m in multiples], scale
+
+
+def feature_card(steerer, feature: int, config: FeatureCardConfig | None = None, *, facts=None,
+                 progress: bool = False, **settings) -> FeatureCard:
     """The :class:`FeatureCard` of ``feature`` of ``steerer``'s SAE.
 
-    ``values``: clamp values for the steered samples (default :data:`DEFAULT_VALUES`; ``()`` for none), each
-    a continuation of ``prompt`` (None: BOS alone) as ``Steerer.generate`` gives it. ``facts``: a
-    ``FactsTable``, or None to get it from ``feature_facts`` (cached; on ``reference_text`` or on text the
-    model samples). ``context``: tokens shown before the active token.
+    ``values``: clamp values for the steered samples (default :data:`DEFAULT_VALUES`; ``()`` for none;
+    ``relative``: multiples of the feature's max activation, default -2, 1, 2, 4), each a continuation of
+    ``prompt`` (None: BOS alone) as ``Steerer.generate`` gives it. ``facts``: a ``FactsTable``, or None to get
+    it from ``feature_facts`` (cached; on ``reference_text`` or on text the model samples). ``context``: tokens
+    shown before the active token. The settings are a :class:`FeatureCardConfig` (``config``) and/or its
+    fields as keywords.
     """
+    c = FeatureCardConfig.build(config, settings, caller="feature_card")
     sae = steerer.need_sae()
     hook = steerer.need_hook()
     if isinstance(feature, bool) or not isinstance(feature, int):
         raise SaesteerError(f"feature must be an integer, got {feature!r}")
     sae.check_feature(feature)
     if facts is None:
-        facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
-                              length=reference_length, cache_dir=cache_dir, progress=progress,
+        facts = feature_facts(steerer, reference_text=c.reference_text, samples=c.reference_samples,
+                              length=c.reference_length, cache_dir=c.cache_dir, progress=progress,
                               engine=steerer.engine)
     f = facts[feature]
     lm = steerer.lm
-    contexts = []
-    for act, ids, idx in facts.examples(feature, context=context)[:n_contexts]:
-        contexts.append(Context(float(act), token_pieces(lm, ids), int(idx)))
-    values = list(DEFAULT_VALUES if values is None else values)
-    unsteered, samples = None, []
-    if values:
-        kw = dict(max_new_tokens=max_new_tokens, mode=mode, temperature=temperature, top_p=top_p, seed=seed,
-                  prepend_bos=prepend_bos)
-
-        def sample(value):
-            g = steerer.generate(prompt, clamps=None if value is None else {feature: float(value)}, **kw)
-            shown = "".join(token_pieces(lm, g.tokens, g.prompt_tokens))
-            return SteeredSample(None if value is None else float(value), list(g.tokens), g.text, shown)
-
-        unsteered = sample(None)
-        samples = [sample(v) for v in values]
+    contexts = [Context(float(act), token_pieces(lm, ids), int(idx))
+                for act, ids, idx in facts.examples(feature, context=c.context)[:c.n_contexts]]
+    if c.relative:
+        values = scaled_values(steerer, feature, c.values, c, progress=progress)[1]
+    else:
+        values = list(DEFAULT_VALUES if c.values is None else c.values)
+    unsteered, samples = _steered_samples(steerer, feature, values, c) if values else (None, [])
     return FeatureCard(
         feature=feature, hook=hook, sae=sae.cfg.source or "",
         decoder_norm=float(sae.W_dec[feature].detach().float().norm()),
         max_activation=f.max_activation, frequency=f.frequency,
-        promoted=_tokens(f.lens_top, n_tokens), suppressed=_tokens(f.lens_bottom, n_tokens),
-        firing_tokens=_tokens(f.firing_tokens, n_tokens), firing_words=list(f.firing_words)[:n_tokens],
-        contexts=contexts, prompt=prompt, mode=mode, unsteered=unsteered, samples=samples,
+        promoted=_tokens(f.lens_top, c.n_tokens), suppressed=_tokens(f.lens_bottom, c.n_tokens),
+        firing_tokens=_tokens(f.firing_tokens, c.n_tokens), firing_words=list(f.firing_words)[:c.n_tokens],
+        contexts=contexts, prompt=c.prompt, mode=c.mode, unsteered=unsteered, samples=samples,
         reference=dict(facts.meta.get("reference", {})),
     )
+
+
+def _steered_samples(steerer, feature: int, values: list[float], c: FeatureCardConfig):
+    """The unsteered continuation of the card's prompt, and one with the feature clamped to each value."""
+    kw = dict(max_new_tokens=c.max_new_tokens, mode=c.mode, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
+              prepend_bos=c.prepend_bos)
+
+    def sample(value):
+        g = steerer.generate(c.prompt, clamps=None if value is None else {feature: float(value)}, **kw)
+        shown = "".join(token_pieces(steerer.lm, g.tokens, g.prompt_tokens))
+        return SteeredSample(None if value is None else float(value), list(g.tokens), g.text, shown)
+
+    return sample(None), [sample(v) for v in values]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 
 from saesteer.config import Config, setting
@@ -237,3 +238,36 @@ def test_an_option_on_by_default_is_a_no_flag():
 
     with pytest.raises(TypeError, match="--no-"):
         config_options(Bad)
+
+
+def test_train_sae_options_are_the_train_and_data_config_fields(capsys):
+    """`saesteer train-sae`: TrainConfig's and DataConfig's command-line fields, and the command's own."""
+    from saesteer.cli.config_options import option_name
+    from saesteer.cli.train_commands import train_sae
+    from saesteer.config import settings_of
+    from saesteer.training import DataConfig, TrainConfig
+
+    fields = [option_name(f.name, s) for cls in (TrainConfig, DataConfig) for f, s, _ in settings_of(cls) if s.cli]
+    opts = [o for p in train_sae.params for o in p.opts if o.startswith("--")]
+    own = {"--model", "--hook", "--device", "--out", "--overwrite", "--quiet"}
+    assert sorted(set(opts) - own) == sorted(fields) and len(opts) == len(set(opts))
+    for bad, word in (({"text_file": __file__, "self_generate": True}, "not both"),
+                      ({"separator": "\n"}, "--separator goes with --text"), ({"seq_len": 1}, "at least 2")):
+        with pytest.raises(SaesteerError, match=word):
+            DataConfig(**bad)
+
+
+def test_collect_activations_keeps_the_end_of_the_text_for_evaluation(tiny_loaded, tmp_path):
+    from saesteer.training import collect_activations, file_activations
+
+    text = tmp_path / "t.txt"
+    text.write_text("The cat sat on the mat and looked at the dog. " * 40, encoding="utf-8")
+    hook = "blocks.1.hook_resid_post"
+    every = file_activations(tiny_loaded, text, hook, seq_len=32, progress=False)
+    acts, held, source = collect_activations(tiny_loaded, hook, text_file=str(text), seq_len=32, eval_tokens=50,
+                                             tokens=100, progress=False)
+    assert source == {"text": str(text), "separator": None}
+    assert torch.equal(held, every[-50:]) and torch.equal(acts, every[:100])
+    _, none, _ = collect_activations(tiny_loaded, hook, text_file=str(text), seq_len=32,
+                                     eval_tokens=every.shape[0], progress=False)
+    assert none is None  # a held-out part over half the data is not taken

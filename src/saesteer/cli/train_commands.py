@@ -14,54 +14,30 @@ from saesteer.errors import SaesteerError
 from saesteer.locks import FolderLock
 from saesteer.models.loading import load_model
 from saesteer.steering.values import check_value
-from saesteer.training import file_activations, sample_activations, train_topk_sae
-from saesteer.training.config import TrainConfig
+from saesteer.training import collect_activations, train_topk_sae
+from saesteer.training.config import DataConfig, TrainConfig
 from saesteer.training.output import check_sae_folder, save_trained_sae
 from saesteer.validation import REPORT_KEYS, ValidationConfig, validate as run_validation
-
-
-def _held_out(acts, n: int):
-    """Split ``acts`` into (training, held-out tail of ``n`` rows); no held-out part when it would take over half."""
-    if n <= 0 or n * 2 > acts.shape[0]:
-        return acts, None
-    return acts[:-n], acts[-n:]
 
 
 @click.command("train-sae")
 @click.option("--model", required=True, help="A local Hugging Face model directory (GPT-2 or Llama family) or hub id.")
 @click.option("--hook", required=True, help="Hook site, e.g. blocks.2.hook_resid_post.")
 @config_options(TrainConfig)
-@click.option("--tokens", default=1_000_000, show_default=True, type=click.IntRange(2, 1 << 34),
-              help="Training tokens (activation vectors); with --text, at most this many of the file's.")
-@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="UTF-8 text file to take activations from.")
-@click.option("--self-generate", is_flag=True,
-              help="Take activations from text the model samples itself from BOS (the default without --text).")
-@click.option("--separator", default=None, help="With --text: split the file into documents at this string.")
-@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(2, 1 << 16),
-              help="Positions per sampled sequence (or per window of --text).")
-@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(0, min_open=True),
-              help="Sampling temperature with --self-generate.")
-@click.option("--eval-tokens", default=65_536, show_default=True, type=click.IntRange(0, 1 << 30),
-              help="Held-out tokens for the final statistics (sampled with another seed, or the end of --text); "
-                   "0 measures on the training tokens.")
+@config_options(DataConfig)
 @click.option("--device", default="cpu", show_default=True, help="Device the model runs on to collect activations.")
 @click.option("--out", required=True, type=OutputFolder(),
               help="Folder for the SAE (SAELens format): new or empty, or an SAE folder with --overwrite.")
 @click.option("--overwrite", is_flag=True,
               help="Replace the SAE already at --out (the whole folder, swapped in once the new one is complete).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train_sae(model, hook, tokens, text_file, self_generate, separator, seq_len, temperature, eval_tokens, device, out,
-              overwrite, quiet, **options):
+def train_sae(model, hook, device, out, overwrite, quiet, **options):
     """Train a TopK SAE (OpenAI v5 recipe) on MODEL's activations at HOOK and save it to OUT.
 
     The SAE loads back with --sae OUT in every command. Same seed, same machine: same weights. OUT is checked
     before any work; an existing SAE there is replaced only with --overwrite, and as a whole.
     """
-    if text_file and self_generate:
-        raise click.UsageError("give --text FILE or --self-generate, not both")
-    if separator is not None and not text_file:
-        raise click.UsageError("--separator goes with --text")
+    data = config_from(DataConfig, options)
     cfg = config_from(TrainConfig, options, hook_name=hook)
     latents, k, seed = cfg.d_sae, cfg.k, cfg.seed
     if k > latents:
@@ -74,24 +50,13 @@ def train_sae(model, hook, tokens, text_file, self_generate, separator, seq_len,
     progress = not quiet
     started = time.perf_counter()
     lm = load_model(model, device=device)
-    if text_file:
-        acts = file_activations(lm, text_file, hook, separator=separator, seq_len=seq_len, progress=progress)
-        acts, held = _held_out(acts, eval_tokens)
-        if acts.shape[0] > tokens:
-            acts = acts[:tokens]
-        source = {"text": str(text_file), "separator": separator}
-    else:
-        acts = sample_activations(lm, hook, tokens, seq_len=seq_len, temperature=temperature, seed=seed,
-                                  progress=progress)
-        held = (sample_activations(lm, hook, eval_tokens, seq_len=seq_len, temperature=temperature,
-                                   seed=seed + 1_000_003, progress=progress) if eval_tokens else None)
-        source = {"self_generate": True, "temperature": temperature}
+    acts, held, source = collect_activations(lm, hook, data, seed=seed, progress=progress)
     collected = time.perf_counter()
     sae, stats = train_topk_sae(acts, cfg, eval_acts=held, progress=progress)
     sae.cfg.extra["model_name"] = lm.name
     info = {
         "model": lm.name, "hook": hook, "latents": latents, "k": k, "tokens": int(acts.shape[0]),
-        "source": source, "seq_len": seq_len, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "source": source, "seq_len": data.seq_len, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
         "seed": seed,
         "steps": stats.steps, "variance_explained": stats.variance_explained, "l0": stats.l0,
         "dead_fraction": stats.dead_fraction, "eval_tokens": stats.eval_tokens,

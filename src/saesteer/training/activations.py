@@ -35,8 +35,13 @@ from saesteer.errors import SaesteerError
 from saesteer.models.hook_sites import site_width
 from saesteer.models.loading import as_loaded
 from saesteer.steering.hooks import hooks
+from saesteer.training.config import DataConfig
 
-__all__ = ["sample_activations", "text_activations", "file_activations", "ids_activations"]
+__all__ = ["sample_activations", "text_activations", "file_activations", "ids_activations", "collect_activations",
+           "held_out"]
+
+HELD_OUT_SEED = 1_000_003
+"""Added to the seed of the self-sampled training text for the held-out text (another sample, same model)."""
 
 
 class _StopForward(Exception):
@@ -279,3 +284,33 @@ def file_activations(
         raise SaesteerError(f"text file {str(path)!r} is empty")
     return text_activations(model, docs, hook_name, tokenizer=tokenizer, seq_len=seq_len, batch_size=batch_size,
                             keep_bos=keep_bos, progress=progress)
+
+
+# --------------------------------------------------------------------------- train-sae's data
+
+def held_out(acts: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
+    """``(training, held-out tail of n rows)``; no held-out part when it would take over half of ``acts``."""
+    if n <= 0 or n * 2 > acts.shape[0]:
+        return acts, None
+    return acts[:-n], acts[-n:]
+
+
+def collect_activations(model, hook_name: str, config: DataConfig | None = None, *, seed: int = 0,
+                        progress: bool = True, **settings) -> tuple[Tensor, Tensor | None, dict]:
+    """``(training activations, held-out activations or None, source)`` as ``saesteer train-sae`` collects them.
+
+    From ``text_file`` (the held-out part is its end), else from text the model samples (the held-out part is
+    another sample, seed ``seed + HELD_OUT_SEED``). ``source`` says which, for the training record. The
+    settings are a :class:`DataConfig` and/or its fields as keywords.
+    """
+    c = DataConfig.build(config, settings, caller="collect_activations")
+    if c.text_file:
+        acts = file_activations(model, c.text_file, hook_name, separator=c.separator, seq_len=c.seq_len,
+                                progress=progress)
+        acts, held = held_out(acts, c.eval_tokens)
+        return acts[:c.tokens], held, {"text": str(c.text_file), "separator": c.separator}
+    acts = sample_activations(model, hook_name, c.tokens, seq_len=c.seq_len, temperature=c.temperature, seed=seed,
+                              progress=progress)
+    held = (sample_activations(model, hook_name, c.eval_tokens, seq_len=c.seq_len, temperature=c.temperature,
+                               seed=seed + HELD_OUT_SEED, progress=progress) if c.eval_tokens else None)
+    return acts, held, {"self_generate": True, "temperature": c.temperature}

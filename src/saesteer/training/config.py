@@ -1,7 +1,8 @@
-"""The settings of TopK SAE training (``TrainConfig``), declared once.
+"""The settings of TopK SAE training (``TrainConfig``) and of its data (``DataConfig``), each declared once.
 
-``train_topk_sae(acts, config, **keywords)`` and ``saesteer train-sae`` (its training options and their help
-are generated from these fields) both use them; a new training option is one field here, plus its use.
+``train_topk_sae(acts, config, **keywords)``, ``collect_activations(lm, hook, data, **keywords)`` and
+``saesteer train-sae`` (its options and their help are generated from these fields) use them; a new training
+or data option is one field here, plus its use.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saesteer.config import Config, setting
+from saesteer.errors import SaesteerError
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,31 @@ class TrainConfig(Config):
     warmup_steps: int | None = setting(None, min=0, cli=False, help="Learning-rate warm-up (default: 1% of steps).")
     decay_fraction: float = setting(0.2, min=0, max=1, cli=False,
                                     help="Final fraction of steps over which the learning rate decays to 0.")
+
+
+@dataclass(frozen=True)
+class DataConfig(Config):
+    """Where the training activations come from (text the model samples, or a text file), and how many:
+    every field is a keyword of ``collect_activations`` and an option of ``saesteer train-sae``."""
+
+    name = "data settings"
+
+    tokens: int = setting(1_000_000, min=2, max=1 << 34,
+                          help="Training tokens (activation vectors); with --text, at most this many of the file's.")
+    text_file: str | None = setting(None, cli_name="--text", path="file",
+                                    help="UTF-8 text file to take activations from.")
+    self_generate: bool = setting(
+        False, help="Take activations from text the model samples itself from BOS (the default without --text).")
+    separator: str | None = setting(None, help="With --text: split the file into documents at this string.")
+    seq_len: int = setting(128, min=2, max=1 << 16, help="Positions per sampled sequence (or per window of --text).")
+    temperature: float = setting(1.0, min=0, min_open=True, help="Sampling temperature with --self-generate.")
+    eval_tokens: int = setting(
+        65_536, min=0, max=1 << 30,
+        help="Held-out tokens for the final statistics (sampled with another seed, or the end of --text); "
+             "0 measures on the training tokens.")
+
+    def normalise(self) -> None:
+        if self.text_file and self.self_generate:
+            raise SaesteerError("give --text FILE or --self-generate, not both")
+        if self.separator is not None and not self.text_file:
+            raise SaesteerError("--separator goes with --text")

@@ -2,7 +2,8 @@
 
 Rules (docs/ARCHITECTURE.md, developers' guide):
 
-* every module in ``src/saesteer`` has at most ``MAX_LINES`` lines;
+* every module in ``src/saesteer`` has at most ``MAX_LINES`` lines, every function at most
+  ``MAX_FUNCTION_LINES`` (from its ``def`` to its last line, docstring included);
 * no import cycle between saesteer modules (imports run at module import time);
 * no private name (one leading underscore, dunders excluded) of one module used from another module:
   neither ``from saesteer.x import _name`` nor ``something._name`` where ``_name`` is defined only in
@@ -25,6 +26,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "saesteer"
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 # Lowest layer first. A module belongs to the layer of its longest matching entry (the module itself or a
 # package above it); the entry ``saesteer`` means the top-level ``saesteer/__init__.py`` only (the public
@@ -65,6 +67,13 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()          # (using module, private name)
 KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()        # (importing module, imported module)
 KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = set()      # (importing module, imported module)
+# Functions over MAX_FUNCTION_LINES, as "module:qualified name", each owned by another open issue's rework.
+KNOWN_LONG_FUNCTIONS: set[str] = {
+    "saesteer.engine.fast:generate_ids_fast",                  # issue 17 (engine)
+    "saesteer.engine.generate:generate_ids",                   # issue 17 (engine)
+    "saesteer.evaluation.feature_facts:compute_facts",         # issue 17 (engine: the feature-facts modules)
+    "saesteer.validation.run:validate",                        # issue 16 (discovery)
+}
 
 
 @dataclass
@@ -213,6 +222,36 @@ def test_modules_are_at_most_400_lines():
     long = [f"{m.where}: {m.lines} lines" for m in MODULES.values()
             if m.lines > MAX_LINES and m.name not in KNOWN_LONG_MODULES]
     assert not long, f"modules over {MAX_LINES} lines (split them by job):\n" + "\n".join(long)
+
+
+def functions_of(tree: ast.AST) -> list[tuple[str, int, int]]:
+    """``(qualified name, first line, lines)`` of every function and method, nested ones included."""
+    found = []
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = prefix + child.name
+                found.append((name, child.lineno, child.end_lineno - child.lineno + 1))
+                visit(child, name + ".")
+            elif isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    return found
+
+
+def test_functions_are_at_most_60_lines():
+    found = {f"{m.name}:{name}": (f"{m.where}:{line}", lines)
+             for m in MODULES.values() for name, line, lines in functions_of(m.tree)}
+    long = [f"{where} {key}: {lines} lines" for key, (where, lines) in found.items()
+            if lines > MAX_FUNCTION_LINES and key not in KNOWN_LONG_FUNCTIONS]
+    assert not long, (f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n"
+                      + "\n".join(long))
+    stale = sorted(k for k in KNOWN_LONG_FUNCTIONS if k not in found or found[k][1] <= MAX_FUNCTION_LINES)
+    assert not stale, "KNOWN_LONG_FUNCTIONS entries that are short now (or gone): remove them\n" + "\n".join(stale)
 
 
 def _runtime_graph() -> dict[str, list[Import]]:
@@ -366,6 +405,8 @@ def test_the_checks_see_real_offenders():
     defined, used = _privates(ast.parse("def _a(x):\n    return x._b + self._c + _a\n"))
     assert defined == {"_a"} and used == [("_b", 2)]
     assert needs_optional_dependency("saesteer.web.app") >= {"fastapi"}
+    tree = ast.parse("class A:\n    def f(self):\n        def g():\n            pass\n\n\nasync def h():\n    pass\n")
+    assert functions_of(tree) == [("A.f", 2, 3), ("A.f.g", 3, 2), ("h", 7, 2)]
     assert not needs_optional_dependency("saesteer.sweep.runner")
     assert layer_of("saesteer.evaluation.text_metrics") < layer_of("saesteer.sweep.runner") < layer_of(
         "saesteer.evaluation.compare")

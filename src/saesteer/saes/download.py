@@ -173,54 +173,68 @@ def _fetch_once(
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema) as exc:
         raise SaesteerError(f"invalid download URL {url!r}: {exc}") from None
     with response:
-        status = response.status_code
-        if status == 416 and have:
+        if response.status_code == 416 and have:
             total = _parse_content_range(response.headers.get("Content-Range"))[2]
             if total == have:
                 return total  # the partial file is already complete
             partial.unlink()
             raise _Transient("server refused the resume range; restarting")
-        if status == 429 or status >= 500:
-            raise _Transient(f"HTTP {status}")
-        if status not in (200, 206):
-            raise SaesteerError(
-                f"could not download {url}: HTTP {status} {response.reason}; check the SAE spec (family,"
-                f" location, layer) or the base URL, or {how_to_fix(dest)}"
-            )
-        if status == 206:
-            start, _, total = _parse_content_range(response.headers.get("Content-Range"))
-            if start != have:
-                partial.unlink()
-                raise _Transient(f"server resumed at byte {start}, not {have}; restarting")
-            mode = "ab"
-        else:  # the server ignored Range (or there was none): start over
-            have, mode = 0, "wb"
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        if expected_size is not None and total is not None and total != expected_size:
-            partial.unlink(missing_ok=True)
-            raise SaesteerError(
-                f"{url} is {total} bytes on the server, expected {expected_size}; the file has changed or"
-                f" the URL is wrong; {how_to_fix(dest)}"
-            )
-        with open(partial, mode) as f, tqdm(
-            total=total,
-            initial=have,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=dest.name,
-            disable=not progress,
-            leave=False,
-        ) as bar:
-            try:
-                for block in response.iter_content(chunk_size=chunk):
-                    f.write(block)
-                    bar.update(len(block))
-            finally:
-                f.flush()
-                os.fsync(f.fileno())
+        have, mode, total = _resume_point(response, url, dest, have, expected_size)
+        _write_body(response, partial, mode, have, total, chunk, progress)
         return total
+
+
+def _resume_point(response, url: str, dest: Path, have: int, expected_size: int | None) -> tuple[int, str, int | None]:
+    """``(bytes kept, file mode, total size or None)`` from the answer's status and headers: append where the
+    server resumed at ``have``, start over where it ignored ``Range``; refusals and retries as one-line errors."""
+    partial = dest.with_name(dest.name + ".partial")
+    status = response.status_code
+    if status == 429 or status >= 500:
+        raise _Transient(f"HTTP {status}")
+    if status not in (200, 206):
+        raise SaesteerError(
+            f"could not download {url}: HTTP {status} {response.reason}; check the SAE spec (family,"
+            f" location, layer) or the base URL, or {how_to_fix(dest)}"
+        )
+    if status == 206:
+        start, _, total = _parse_content_range(response.headers.get("Content-Range"))
+        if start != have:
+            partial.unlink()
+            raise _Transient(f"server resumed at byte {start}, not {have}; restarting")
+        mode = "ab"
+    else:  # the server ignored Range (or there was none): start over
+        have, mode = 0, "wb"
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+    if expected_size is not None and total is not None and total != expected_size:
+        partial.unlink(missing_ok=True)
+        raise SaesteerError(
+            f"{url} is {total} bytes on the server, expected {expected_size}; the file has changed or"
+            f" the URL is wrong; {how_to_fix(dest)}"
+        )
+    return have, mode, total
+
+
+def _write_body(response, partial: Path, mode: str, have: int, total: int | None, chunk: int, progress: bool) -> None:
+    """Stream the answer's body into ``partial`` (fsynced even when the connection breaks), with a progress bar."""
+    name = partial.name.removesuffix(".partial")
+    with open(partial, mode) as f, tqdm(
+        total=total,
+        initial=have,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not progress,
+        leave=False,
+    ) as bar:
+        try:
+            for block in response.iter_content(chunk_size=chunk):
+                f.write(block)
+                bar.update(len(block))
+        finally:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None, int | None]:

@@ -219,81 +219,104 @@ def train_topk_sae(
     if config is None and not {"d_sae", "k"} <= set(settings):
         raise TypeError("train_topk_sae() needs d_sae= and k= (or a TrainConfig)")
     c = TrainConfig.build(config, settings, caller="train_topk_sae")
-    d_sae, k, steps, epochs, batch_size, lr = c.d_sae, c.k, c.steps, c.epochs, c.batch_size, c.lr
-    seed, hook_name, k_aux, aux_coef, dead_tokens = c.seed, c.hook_name, c.k_aux, c.aux_coef, c.dead_tokens
-    warmup_steps, decay_fraction = c.warmup_steps, c.decay_fraction
-    _check_inputs(acts, d_sae, k, batch_size, steps, epochs, lr, k_aux, aux_coef)
+    _check_inputs(acts, c.d_sae, c.k, c.batch_size, c.steps, c.epochs, c.lr, c.k_aux, c.aux_coef)
     if eval_acts is not None and (eval_acts.dim() != 2 or eval_acts.shape[1] != acts.shape[1] or not len(eval_acts)):
         raise SaesteerError(f"eval_acts must be [N, {acts.shape[1]}] with N > 0, got {tuple(eval_acts.shape)}")
     started = time.perf_counter()
     n, d_in = acts.shape
-    batch_size = min(batch_size, n)
-    batches_per_epoch = n // batch_size
-    if steps is None:
-        steps = max(1, round((1.0 if epochs is None else epochs) * batches_per_epoch))
-    lr = default_lr(d_sae) if lr is None else lr
-    k_aux = min(d_in // 2 if k_aux is None else k_aux, d_sae)
-    if dead_tokens is None:
-        dead_tokens = min(10_000_000, max(batch_size, steps * batch_size // 10))
-    warmup = max(1, steps // 100 if warmup_steps is None else warmup_steps)
-    decay_from = steps - int(round(decay_fraction * steps))
-
-    gen = torch.Generator().manual_seed(seed)
+    plan = _plan(c, n, d_in)
+    gen = torch.Generator().manual_seed(c.seed)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         x_all = torch.empty(n, d_in, dtype=torch.float32)
         for s in range(0, n, 65536):
             x_all[s:s + 65536] = layer_norm(acts[s:s + 65536].cpu())
-        p = _Params(x_all, d_sae, gen, median_sample=min(n, 32768))
+        p = _Params(x_all, c.d_sae, gen, median_sample=min(n, 32768))
         sample = x_all[torch.randperm(n, generator=gen)[:EVAL_TOKENS]]
         var = float((sample - sample.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-12))
-        opt = torch.optim.Adam(p.all(), lr=lr, betas=(0.9, 0.999), eps=6.25e-10, weight_decay=0.0,
-                               fused=True)
-        since_fired = torch.zeros(d_sae, dtype=torch.long)
-        history, aux_history = [], []
-        order = torch.randperm(n, generator=gen)
-        cursor = 0
-        bar = tqdm(total=steps, desc="training TopK SAE", unit="step", disable=not progress, dynamic_ncols=True)
-        with bar:
-            for step in range(steps):
-                if cursor + batch_size > n:
-                    order, cursor = torch.randperm(n, generator=gen), 0
-                x = x_all.index_select(0, order[cursor:cursor + batch_size])
-                cursor += batch_size
-                factor = _lr_factor(step, steps, warmup, decay_from)
-                for group in opt.param_groups:
-                    group["lr"] = lr * factor
-                loss, aux, l0, fired = _step(p, x, k, k_aux, aux_coef, since_fired > dead_tokens, var)
-                opt.step()
-                p.W_dec /= p.W_dec.norm(dim=-1, keepdim=True)
-                since_fired += batch_size
-                since_fired.masked_fill_(fired, 0)
-                history.append(loss)
-                aux_history.append(aux)
-                dead = int((since_fired > dead_tokens).sum())
-                if progress and (step % 10 == 0 or step == steps - 1):
-                    bar.set_postfix(loss=f"{loss:.4f}", ve=f"{1 - loss:.4f}", l0=f"{l0:.1f}", dead=dead, refresh=False)
-                bar.update(1)
-                if callback is not None:
-                    info = StepInfo(step=step, steps=steps, tokens=(step + 1) * batch_size, loss=loss, aux_loss=aux,
-                                    variance_explained=1 - loss, l0=l0, dead=dead, lr=lr * factor)
-                    if callback(info):
-                        break
+        history, aux_history = _run_steps(p, x_all, plan, gen, var, progress, callback)
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
 
-    sae = _to_sae(p, k, hook_name, seed)
+    sae = _to_sae(p, c.k, c.hook_name, c.seed)
     if eval_acts is None:
-        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:EVAL_TOKENS]
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(c.seed + 1))[:EVAL_TOKENS]
         eval_acts = acts[pick.sort().values]
     ve, l0, dead_fraction = evaluate_sae(sae, eval_acts)
     done = len(history)
     return sae, TrainStats(
         variance_explained=ve, l0=l0, dead_fraction=dead_fraction, loss_history=history,
-        aux_loss_history=aux_history, steps=done, tokens=done * batch_size,
+        aux_loss_history=aux_history, steps=done, tokens=done * plan.batch_size,
         seconds=time.perf_counter() - started, eval_tokens=eval_acts.shape[0],
     )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The run's length and schedule: the settings' defaults resolved against the data's size."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    k: int
+    k_aux: int
+    aux_coef: float
+    dead_tokens: int
+    warmup: int
+    decay_from: int
+
+
+def _plan(c: TrainConfig, n: int, d_in: int) -> _Plan:
+    batch_size = min(c.batch_size, n)
+    steps = c.steps
+    if steps is None:
+        steps = max(1, round((1.0 if c.epochs is None else c.epochs) * (n // batch_size)))
+    dead_tokens = c.dead_tokens
+    if dead_tokens is None:
+        dead_tokens = min(10_000_000, max(batch_size, steps * batch_size // 10))
+    return _Plan(steps=steps, batch_size=batch_size, lr=default_lr(c.d_sae) if c.lr is None else c.lr, k=c.k,
+                 k_aux=min(d_in // 2 if c.k_aux is None else c.k_aux, c.d_sae), aux_coef=c.aux_coef,
+                 dead_tokens=dead_tokens, warmup=max(1, steps // 100 if c.warmup_steps is None else c.warmup_steps),
+                 decay_from=steps - int(round(c.decay_fraction * steps)))
+
+
+def _run_steps(p: _Params, x_all: Tensor, plan: _Plan, gen: torch.Generator, var: float, progress: bool,
+               callback) -> tuple[list[float], list[float]]:
+    """The Adam steps over shuffled batches of ``x_all`` (a new order each epoch), with the decoder rows kept at
+    unit norm; returns the loss and AuxK loss of each step. A truthy ``callback`` return stops early."""
+    n, bs = x_all.shape[0], plan.batch_size
+    opt = torch.optim.Adam(p.all(), lr=plan.lr, betas=(0.9, 0.999), eps=6.25e-10, weight_decay=0.0, fused=True)
+    since_fired = torch.zeros(p.b_enc.shape[0], dtype=torch.long)
+    history, aux_history = [], []
+    order = torch.randperm(n, generator=gen)
+    cursor = 0
+    with tqdm(total=plan.steps, desc="training TopK SAE", unit="step", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for step in range(plan.steps):
+            if cursor + bs > n:
+                order, cursor = torch.randperm(n, generator=gen), 0
+            x = x_all.index_select(0, order[cursor:cursor + bs])
+            cursor += bs
+            lr = plan.lr * _lr_factor(step, plan.steps, plan.warmup, plan.decay_from)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            loss, aux, l0, fired = _step(p, x, plan.k, plan.k_aux, plan.aux_coef, since_fired > plan.dead_tokens, var)
+            opt.step()
+            p.W_dec /= p.W_dec.norm(dim=-1, keepdim=True)
+            since_fired += bs
+            since_fired.masked_fill_(fired, 0)
+            history.append(loss)
+            aux_history.append(aux)
+            dead = int((since_fired > plan.dead_tokens).sum())
+            if progress and (step % 10 == 0 or step == plan.steps - 1):
+                bar.set_postfix(loss=f"{loss:.4f}", ve=f"{1 - loss:.4f}", l0=f"{l0:.1f}", dead=dead, refresh=False)
+            bar.update(1)
+            if callback is not None and callback(StepInfo(
+                    step=step, steps=plan.steps, tokens=(step + 1) * bs, loss=loss, aux_loss=aux,
+                    variance_explained=1 - loss, l0=l0, dead=dead, lr=lr)):
+                break
+    return history, aux_history
 
 
 def _step(p: _Params, x: Tensor, k: int, k_aux: int, aux_coef: float, dead: Tensor, var: float):

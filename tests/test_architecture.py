@@ -36,7 +36,7 @@ MAX_FUNCTION_LINES = 60
 # plots) sits above it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("saesteer.errors", "saesteer.io", "saesteer.net", "saesteer.locks", "saesteer.outputs",
-                    "saesteer.config", "saesteer.assets")),
+                    "saesteer.config", "saesteer.dtypes", "saesteer.assets")),
     ("models, saes", ("saesteer.models", "saesteer.saes", "saesteer.defaults")),
     ("steering", ("saesteer.steering",)),
     ("engine", ("saesteer.engine",)),

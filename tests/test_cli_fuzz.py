@@ -21,15 +21,21 @@ from hypothesis import strategies as st  # noqa: E402
 from saesteer.cli.core_commands import parse_range  # noqa: E402
 from saesteer.cli.main import run  # noqa: E402
 from saesteer.cli.train_commands import parse_value_list  # noqa: E402
+from saesteer.dtypes import SAE_DTYPES  # noqa: E402
 from saesteer.errors import SaesteerError  # noqa: E402
 from saesteer.evaluation.compare import parse_clamp_values, parse_feature_or_clamp  # noqa: E402
 from saesteer.models.hook_sites import parse_hook_name  # noqa: E402
 from saesteer.models.loading import check_utf8, parse_dtype  # noqa: E402
 from saesteer.outputs import check_output_file, check_output_folder  # noqa: E402
-from saesteer.saes.tensors import parse_sae_dtype  # noqa: E402
 from saesteer.steering.clamp import FeatureClamp, parse_clamp  # noqa: E402
 from saesteer.steering.values import MAX_ABS_VALUE  # noqa: E402
 from saesteer.sweep.spec import parse_features, parse_shard, parse_values  # noqa: E402
+
+
+def parse_sae_dtype(text):
+    """An SAE's dtype: the one dtype parser (``saesteer.dtypes``), with the names SAE weights take."""
+    return parse_dtype(text, allowed=SAE_DTYPES)
+
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -246,3 +246,23 @@ def test_top_and_merge_cli(steerer, ref, tmp_path):
     assert run(["top", str(out), "--n", "4", "--json"]) == 0
     assert run(["top", str(tmp_path)]) == 2  # not a sweep folder: one-line error
     assert run(["merge", str(out), "--out", str(out)]) == 2
+
+
+def test_the_two_manifest_readers_differ_only_in_strictness(tmp_path):
+    """read_manifest (resume, merge, top) refuses what is not a sweep manifest; read_manifest_lenient (the
+    sweep browser) shows any JSON object and {} for the rest."""
+    import json
+
+    from saesteer.sweep.store import read_manifest, read_manifest_lenient
+
+    assert read_manifest(tmp_path) is None and read_manifest_lenient(tmp_path) == {}
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": "m"}), encoding="utf-8")
+    assert read_manifest_lenient(tmp_path) == {"model": "m"}
+    with pytest.raises(SaesteerError, match="not a saesteer sweep manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "saesteer-sweep", "model": "m"}', encoding="utf-8")
+    assert read_manifest(tmp_path) == read_manifest_lenient(tmp_path) == {"format": "saesteer-sweep", "model": "m"}
+    (tmp_path / "manifest.json").write_text("[1, 2", encoding="utf-8")
+    assert read_manifest_lenient(tmp_path) == {}
+    with pytest.raises(SaesteerError, match="not a readable sweep manifest"):
+        read_manifest(tmp_path)

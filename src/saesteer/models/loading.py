@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from saesteer import assets, net
+from saesteer.dtypes import parse_dtype  # a model's dtype: COMPUTE_DTYPES (used here and by the engine)
 from saesteer.errors import SaesteerError
 
 ALIASES = {
@@ -17,15 +18,6 @@ ALIASES = {
     "gpt2-small": "openai-community/gpt2",
 }
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
-    if name is None or isinstance(name, torch.dtype):
-        return name
-    if name not in DTYPES:
-        raise SaesteerError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

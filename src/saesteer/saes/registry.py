@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
+from saesteer.dtypes import SAE_DTYPES, parse_dtype
 from saesteer.errors import SaesteerError
 from saesteer.saes import dictlearn, gemmascope, openai, releases, saelens, sparsify
 from saesteer.saes.base import SAE
 from saesteer.saes.hub import MissingHubFile
-from saesteer.saes.tensors import parse_sae_dtype
 
 Loader = Callable[..., SAE]
 """``loader(target: str, *, cache_dir, progress) -> SAE``."""
@@ -206,7 +206,7 @@ def load_sae(
     if hook_name is not None:
         sae.with_hook(hook_name)
     if dtype is not None:
-        sae = sae.to(dtype=parse_sae_dtype(dtype))
+        sae = sae.to(dtype=parse_dtype(dtype, allowed=SAE_DTYPES))
     try:
         sae = sae.to(device=device)
     except (RuntimeError, AssertionError, ValueError) as exc:

@@ -19,13 +19,14 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
+from saesteer.dtypes import SAE_DTYPES, dtype_name, parse_dtype
 from saesteer.errors import SaesteerError
 from saesteer.io import atomic_path, atomic_write_json
 from saesteer.saes import gemmascope, openai
 from saesteer.saes.base import SAE, SAEConfig
 from saesteer.saes.gated import GatedSAE
 from saesteer.saes.hub import hub_file
-from saesteer.saes.tensors import dtype_name, parse_sae_dtype, read_safetensors
+from saesteer.saes.tensors import read_safetensors
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -95,7 +96,7 @@ def config_from_dict(cfg: dict, *, source: str) -> tuple[SAEConfig, torch.dtype]
         source=source,
         extra=extra,
     )
-    return config, parse_sae_dtype(cfg.get("dtype") or "float32")
+    return config, parse_dtype(cfg.get("dtype") or "float32", allowed=SAE_DTYPES)
 
 
 def _architecture(cfg: dict, act_fn, source: str) -> tuple[str, int | None]:

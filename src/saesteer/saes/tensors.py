@@ -1,4 +1,4 @@
-"""What every SAE file format shares: dtype names, and reading tensors from ``.safetensors`` and ``.npz``
+"""What every SAE file format shares: reading tensors from ``.safetensors`` and ``.npz``
 files (never with pickle)."""
 
 from __future__ import annotations
@@ -12,33 +12,6 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saesteer.errors import SaesteerError
-
-DTYPES = {
-    "float32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "double": torch.float64,
-}
-
-
-def parse_sae_dtype(value: str | torch.dtype) -> torch.dtype:
-    """``torch.float32`` / ``"float32"`` / ``"torch.bfloat16"`` -> a floating torch dtype, or a one-line error."""
-    if isinstance(value, torch.dtype):
-        if not value.is_floating_point:
-            raise SaesteerError(f"SAE dtype must be a floating type, got {value}")
-        return value
-    name = str(value).strip().lower().removeprefix("torch.")
-    if name not in DTYPES:
-        raise SaesteerError(f"unknown dtype {value!r}; use one of float32, float16, bfloat16, float64")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float32`` -> ``"float32"`` (the spelling SAELens writes)."""
-    return str(dtype).removeprefix("torch.")
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saesteer.config import Config, default_of, settings_of, setting
+from saesteer.dtypes import dtype_name
 from saesteer.errors import SaesteerError
 from saesteer.steering.clamp import MODES
 from saesteer.sweep.spec import FIRST_SETTINGS, parse_shard, parse_values
@@ -42,10 +43,6 @@ def features_selection(features) -> str:
     if not features.strip():
         raise SaesteerError("--features is empty; give all, START:STOP (STOP exclusive) or a list like 1,5,10:20")
     return features
-
-
-def dtype_name(dtype) -> str:
-    return dtype if isinstance(dtype, str) else str(dtype).replace("torch.", "")  # a torch.dtype
 
 
 @dataclass(frozen=True)

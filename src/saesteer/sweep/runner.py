@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from saesteer.dtypes import dtype_name, parse_dtype
 from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import (FactsTable, facts_key, feature_facts, model_fingerprint,
@@ -25,7 +26,6 @@ from saesteer.evaluation.feature_facts import (FactsTable, facts_key, feature_fa
 from saesteer.evaluation.readback import attach_readback
 from saesteer.evaluation.strength import best_scales
 from saesteer.evaluation.text_metrics import TextMetrics, hits, mean_logprob, text_metrics
-from saesteer.models.loading import parse_dtype
 from saesteer.outputs import check_output_folder
 from saesteer.steering.hooks import make_clamp
 from saesteer.steering.values import check_value
@@ -133,10 +133,7 @@ class Sweep:
         return self.config.engine
 
     def _dtype_name(self, dtype) -> str:
-        if dtype is None:
-            return str(self.lm.dtype).replace("torch.", "")
-        parse_dtype(dtype)
-        return str(dtype)
+        return dtype_name(self.lm.dtype if dtype is None else parse_dtype(dtype))
 
     @property
     def prompt_tokens(self) -> list[int]:

@@ -40,6 +40,9 @@ def record_line(record: dict) -> bytes:
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The sweep manifest of ``directory``, for the sweep and the commands that extend or trust it (resume,
+    merge, top): None when there is none; a one-line error when it is unreadable or not a saesteer sweep's.
+    The sweep browser reads leniently instead (:func:`read_manifest_lenient`)."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         return None
@@ -50,6 +53,16 @@ def read_manifest(directory: str | os.PathLike) -> dict | None:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SaesteerError(f"{path} is not a saesteer sweep manifest; use another --out folder")
     return data
+
+
+def read_manifest_lenient(directory: str | os.PathLike) -> dict:
+    """The manifest of ``directory`` as it is, for readers that show what they can (the sweep browser): any
+    JSON object, whatever its format (older versions, running sweeps); {} when missing or unreadable."""
+    try:
+        data = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @dataclass

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saesteer.sweep.store import MANIFEST, RESULTS
+from saesteer.sweep.store import RESULTS
 
 CORE_FIELDS = ("feature", "value", "tokens", "text", "metrics")
 WORD = re.compile(r"\w+")
@@ -40,15 +40,6 @@ def _number(v) -> float | None:
         f = float(v)
         return f if f == f else None  # NaN: not measured
     return None
-
-
-def load_manifest(path: str | os.PathLike) -> dict:
-    """A results folder's ``manifest.json`` ({} when missing or unreadable)."""
-    try:
-        data = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def parse_record(line: bytes | str) -> Row | None:

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.facts_table import FactsTable
-from saesteer.sweep.store import FACTS, MANIFEST, RESULTS
+from saesteer.sweep.store import FACTS, MANIFEST, RESULTS, read_manifest_lenient
 from saesteer.web.results_db import ResultsDB
-from saesteer.web.results_format import Row, is_results_folder, load_manifest
+from saesteer.web.results_format import Row, is_results_folder
 
 RELOAD_INTERVAL_S = 5.0
 LENS_SHOWN = 8
@@ -47,7 +47,7 @@ class ResultsFolder:
         self.id = id
         self._lock = threading.RLock()
         self._checked = 0.0
-        self.manifest = load_manifest(self.path)
+        self.manifest = read_manifest_lenient(self.path)
         self._manifest_stamp = self._stamp(MANIFEST)
         self.db = self._open()
         self._read_new()
@@ -139,7 +139,7 @@ class ResultsFolder:
             self._checked = now
             stamp = self._stamp(MANIFEST)
             if stamp != self._manifest_stamp:
-                self.manifest, self._manifest_stamp = load_manifest(self.path), stamp
+                self.manifest, self._manifest_stamp = read_manifest_lenient(self.path), stamp
             self._read_new()
             self._read_meanings()
 

@@ -210,3 +210,66 @@ def test_a_sweep_computes_facts_for_the_blocks_it_sweeps(tiny_loaded, tmp_path, 
     assert all(sw.facts[j] == full.facts[j] for j in range(16, 32))
     by = {(r.feature, r.value): r for r in full.results()}
     assert all(r.metrics == by[(r.feature, r.value)].metrics for r in results)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu", "jumprelu"])
+def test_column_latents_equal_the_full_encode_bit_for_bit(activation):
+    """Issue 17 item 2: statistics of the swept columns form only their activations, with the same bits."""
+    from conftest import make_sae
+
+    from saesteer.evaluation.activations import column_latents
+
+    sae = make_sae(d_sae=96, k=7, activation=activation, normalize="none", seed=7)
+    with torch.no_grad():  # latents in identical pairs and k odd: ties straddle the k-th value on every token
+        sae.W_enc[:, 1::2] = sae.W_enc[:, 0::2]
+        sae.b_enc[1::2] = sae.b_enc[0::2]
+        sae.W_enc[5, :10] = 0.0
+    x = torch.randn(40, 64, generator=torch.Generator().manual_seed(0)) * 3
+    x[3, 5] = float("inf")  # latents 0-9 NaN (inf * 0), the others +-inf: the SAE's own rule decides
+    x[4, 6] = 1e38  # some latents +inf (tied), some -inf
+    cols = torch.tensor([5, 0, 1, 94, 95, 40, 41, 13])
+    full = sae.encode(x)[:, cols]
+    assert _bits(column_latents(sae, x, cols)).equal(_bits(full))
+    assert _bits(column_latents(sae, x, cols, only_columns=False)).equal(_bits(full))
+    assert _bits(column_latents(sae, x, None)).equal(_bits(sae.encode(x)))
+    if activation == "topk":
+        z = sae.encode(x[5:])
+        assert z.gt(0).sum(-1).eq(7).all()  # exactly k per token although a pair is tied at the k-th...
+        assert (z[:, 0::2] > 0).sum() > (z[:, 1::2] > 0).sum()  # ...so the lower index of a pair is kept more
+        with torch.no_grad():
+            sae.b_enc[3] = float("nan")  # one NaN latent per token: no k-th value, as the SAE's own rule says
+        assert _bits(column_latents(sae, x, cols)).equal(_bits(sae.encode(x)[:, cols]))
+
+
+def test_firing_stats_of_columns_equal_the_plain_path(tiny_loaded):
+    from conftest import make_sae
+
+    from saesteer.evaluation.activations import firing_stats
+
+    sae = make_sae(d_sae=80, k=8, seed=5)
+    ref = ff.reference_from_text(tiny_loaded, TEXT * 3, length=16)
+    cols = torch.arange(16, 48)
+    fast = firing_stats(tiny_loaded.model, sae, sae.hook_name, ref.tokens, skip_ids=[tiny_loaded.bos_token_id],
+                        columns=cols)
+    plain = firing_stats(tiny_loaded.model, sae, sae.hook_name, ref.tokens, skip_ids=[tiny_loaded.bos_token_id],
+                         columns=cols, only_columns=False)
+    assert fast.keys() == plain.keys() and all(torch.equal(fast[k], plain[k]) for k in fast)
+    assert (fast["max_act"] > 0).any()
+
+
+def test_feature_facts_log_their_parts(tiny_loaded, tmp_path, caplog):
+    """The first-sweep benchmark reads these lines to split a sweep process's time."""
+    import logging
+
+    from conftest import make_sae
+
+    with caplog.at_level(logging.DEBUG, logger="saesteer.timing"):
+        ff.feature_facts(tiny_loaded, make_sae(d_sae=32), "blocks.6.hook_resid_post", samples=2, length=4,
+                         cache_dir=tmp_path)
+    said = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "saesteer.timing"]
+    assert said == ["feature facts, reference text", "feature facts, activation statistics",
+                    "feature facts, logit lens", "feature facts, tokens and words", "feature facts, computed"]

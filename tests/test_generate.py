@@ -180,3 +180,17 @@ def test_user_pre_hooks_and_global_hooks_are_detected(tiny_gpt2):
     finally:
         handle.remove()
     assert user_hooks(tiny_gpt2) == []
+
+
+def test_sampling_at_temperature_one_is_the_plain_softmax():
+    """select_next skips dividing by a temperature of 1 (x / 1 == x): the draws are those of the formula."""
+    from saesteer.engine.generate import row_generators, select_next
+
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1)) * 4
+    cfg = GenerationConfig(temperature=1.0, seed=3)
+    got = select_next(logits, cfg, row_generators(3, 6))
+    probs = torch.softmax(logits / 1.0, dim=-1).double()
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in row_generators(3, 6)])
+    cdf = probs.cumsum(-1)
+    want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
+    assert torch.equal(got, want)

@@ -104,7 +104,8 @@ def select_next(logits: Tensor, config: GenerationConfig, generators: list[torch
     """Next token per row from ``logits [B, V]``: argmax, or a temperature/top-p sample per row."""
     if config.greedy:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / config.temperature, dim=-1)
+    scaled = logits.float() if config.temperature == 1 else logits.float() / config.temperature  # x / 1 == x
+    probs = torch.softmax(scaled, dim=-1)
     if config.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         keep = sorted_p.cumsum(-1) - sorted_p < config.top_p  # the token that crosses top_p stays

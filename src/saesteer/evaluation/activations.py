@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from saesteer.models.hook_sites import hook_site, unembed_directions
+from saesteer.saes.base import topk_keep
 from saesteer.steering.hooks import hooks
 
 
@@ -62,14 +63,40 @@ def hook_activations(model, hook: str, tokens: Tensor) -> Tensor:
     return captured[0]
 
 
+def column_latents(sae, x: Tensor, columns: Tensor | None, *, only_columns: bool = True) -> Tensor:
+    """``sae.encode(x)[:, columns]`` (every latent when ``columns`` is None), bit for bit.
+
+    ``only_columns`` with a TopK SAE in its fused form (``SAE.fused_encoder``): the pre-activations are the
+    SAE's own, but the activation is formed for ``columns`` only. A token's k-th largest pre-activation comes
+    from ``topk(k + 1)``, which also shows ties at the k-th value; tokens with a tie (or a non-finite value
+    among those) take the SAE's own tie rule (``topk_keep``) in full. Every other element is the same
+    ``relu(pre) * (pre >= kth)`` as ``SAE.activate``, so the result is equal."""
+    fused = sae.fused_encoder() if columns is not None and only_columns else None
+    if fused is None or fused.k is None or fused.k >= sae.d_sae:
+        z = sae.encode(x)
+        return z if columns is None else z[:, columns]
+    k = fused.k
+    pre = sae.encode_pre_act(x, sae.norm_stats(x.to(sae.dtype)))
+    top = pre.topk(k + 1, dim=-1).values
+    kth = top[:, k - 1:k]
+    pre_c = pre[:, columns]
+    z = torch.relu(pre_c) * (pre_c >= kth)
+    odd = ((top[:, k] == top[:, k - 1]) | ~torch.isfinite(top).all(dim=-1)).nonzero().flatten()
+    if odd.numel():
+        rows = pre.index_select(0, odd)
+        z[odd] = (torch.relu(rows) * topk_keep(rows, k))[:, columns]
+    return z
+
+
 @torch.no_grad()
 def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[int] = (), k: int = 32,
                  seqs_per_forward: int = 16, progress: bool = False,
-                 columns: Tensor | None = None) -> dict[str, Tensor]:
+                 columns: Tensor | None = None, only_columns: bool = True) -> dict[str, Tensor]:
     """Each feature's ``k`` largest activations over ``tokens [n, T]`` (``example_vals``/``example_index``,
     flat indices, -1 where it fired fewer times), ``max_act`` and ``frequency``. Tokens in ``skip_ids``
     (BOS) are left out. ``columns``: only these features (rows of the result, in that order), each with
-    exactly the numbers of the full pass (every column's running top-k is its own)."""
+    exactly the numbers of the full pass (every column's running top-k is its own). ``only_columns``: see
+    :func:`column_latents` (False: the plain path, every latent formed, then the columns taken)."""
     from tqdm.auto import tqdm
 
     F = sae.d_sae if columns is None else int(columns.numel())
@@ -93,9 +120,7 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
         for c in range(0, x_all.shape[0], chunk):
             x = x_all[c:c + chunk].to(dev)
             keep = keep_all[c:c + chunk].to(dev)
-            z = sae.encode(x).float()
-            if cols is not None:
-                z = z[:, cols]
+            z = column_latents(sae, x, cols, only_columns=only_columns).float()
             z[~keep] = 0
             z.clamp_(min=0)
             active += (z > 0).sum(0)

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +47,8 @@ from saesteer.evaluation.reference import (Reference, reference_from_text, refer
 from saesteer.evaluation.text_metrics import content_words, token_words
 from saesteer.evaluation.token_text import token_text_fn, tokens_in_context
 from saesteer.io import atomic_path, default_cache_dir
+
+timing_log = logging.getLogger("saesteer.timing")
 
 __all__ = ["DEFAULT_SETTINGS", "FACTS_VERSION", "FactsTable", "FeatureFacts", "Reference", "TokenScore", "compute_facts",
            "default_cache_dir", "facts_key", "feature_facts", "firing_stats", "hook_activations", "logit_lens",
@@ -109,38 +112,55 @@ def _scatter(part: Tensor, rows: Tensor, n: int, fill) -> Tensor:
     return out
 
 
-def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 16, n_words: int = 16,
-                  n_lens: int = 16, n_examples: int = 32, progress: bool = False, blocks: list[int] | None = None,
-                  block: int | None = None) -> FactsTable:
-    """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``.
+@contextlib.contextmanager
+def _timed(what: str):
+    """Log how long ``what`` took to the ``saesteer.timing`` logger (debug level: the first-sweep benchmark
+    turns it on to split a sweep process's time)."""
+    t0 = time.perf_counter()
+    yield
+    timing_log.debug("%s: %.3f s (ended at %.3f)", what, time.perf_counter() - t0, time.time())
 
-    ``blocks``: only the features of these blocks of ``block`` features (the first sweep of a new SAE then
-    pays for the features it sweeps, not for all of them); the other rows are empty (never fired, no
-    tokens) and the computed rows equal the full table's exactly."""
-    text_of, memo = token_text_fn(lm)
-    tokens = reference.tokens
+
+def block_rows(blocks: list[int], block: int, d_sae: int) -> Tensor:
+    """The features of ``blocks`` (of ``block`` features each), in order."""
+    return torch.cat([torch.arange(b * block, min((b + 1) * block, d_sae)) for b in blocks])
+
+
+def _stats_and_lens(lm, sae, hook: str, tokens: Tensor, *, n_lens: int, n_examples: int, progress: bool,
+                    blocks: list[int] | None, block: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Firing statistics and logit lens of every feature, or of ``blocks`` only (other rows empty)."""
     F = sae.d_sae
-    block = block or BLOCK
     skip = [t for t in (lm.bos_token_id,) if t is not None]
-    if blocks is None:
-        rows = None
-        stats = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress)
-        lens = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block)
-    else:
-        rows = torch.cat([torch.arange(b * block, min((b + 1) * block, F)) for b in blocks])
-        part = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress,
-                            columns=rows)
-        fills = {"example_vals": 0.0, "example_index": -1, "max_act": 0.0, "frequency": 0.0}
-        stats = {k: _scatter(v, rows, F, fills[k]) for k, v in part.items()}
-        part = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block, starts=[b * block for b in blocks])
-        lens = {k: _scatter(v, rows, F, -1 if k.endswith("ids") else 0.0) for k, v in part.items()}
-    # The word of every reference token, computed once per position.
-    flat_ids = tokens.reshape(-1).tolist()
+    rows = None if blocks is None else block_rows(blocks, block, F)
+    with _timed("feature facts, activation statistics"):
+        stats = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress,
+                             columns=rows)
+    with _timed("feature facts, logit lens"):
+        lens = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block,
+                          starts=None if blocks is None else [b * block for b in blocks])
+    if rows is None:
+        return stats, lens
+    fills = {"example_vals": 0.0, "example_index": -1, "max_act": 0.0, "frequency": 0.0}
+    stats = {k: _scatter(v, rows, F, fills[k]) for k, v in stats.items()}
+    lens = {k: _scatter(v, rows, F, -1 if k.endswith("ids") else 0.0) for k, v in lens.items()}
+    return stats, lens
+
+
+def _reference_words(lm, tokens: Tensor) -> list[str | None]:
+    """The word of every reference token (flat, row after row), each cut in its row's context."""
     flat_words: list[str | None] = []
     for row in tokens.tolist():
         flat_words.extend(token_words(tokens_in_context(lm.decode, row)))
+    return flat_words
+
+
+def _firing_tokens_and_words(stats: dict[str, Tensor], flat_ids: list[int], flat_words: list[str | None], *,
+                             n_tokens: int, n_words: int) -> tuple[Tensor, Tensor, list[list[str]]]:
+    """Each feature's distinct tokens (``fire_ids``/``fire_vals``) and content words among its top activations,
+    most active first."""
     ex_idx = stats["example_index"].tolist()
     ex_val = stats["example_vals"].tolist()
+    F = len(ex_idx)
     fire_ids = torch.full((F, n_tokens), -1, dtype=torch.int32)
     fire_vals = torch.zeros(F, n_tokens)
     words: list[list[str]] = []
@@ -160,18 +180,37 @@ def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 1
             fire_ids[j, :len(seen_t)] = torch.tensor(list(seen_t.keys()), dtype=torch.int32)
             fire_vals[j, :len(seen_t)] = torch.tensor(list(seen_t.values()))
         words.append(seen_w)
-    used = set(fire_ids[fire_ids >= 0].tolist()) | set(lens["lens_top_ids"].reshape(-1).tolist()) | set(
-        lens["lens_bottom_ids"].reshape(-1).tolist())
-    used.discard(-1)
-    for t in used:
-        text_of(int(t))
+    return fire_ids, fire_vals, words
+
+
+def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 16, n_words: int = 16,
+                  n_lens: int = 16, n_examples: int = 32, progress: bool = False, blocks: list[int] | None = None,
+                  block: int | None = None) -> FactsTable:
+    """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``.
+
+    ``blocks``: only the features of these blocks of ``block`` features (the first sweep of a new SAE then
+    pays for the features it sweeps, not for all of them); the other rows are empty (never fired, no
+    tokens) and the computed rows equal the full table's exactly."""
+    tokens = reference.tokens
+    block = block or BLOCK
+    stats, lens = _stats_and_lens(lm, sae, hook, tokens, n_lens=n_lens, n_examples=n_examples, progress=progress,
+                                  blocks=blocks, block=block)
+    with _timed("feature facts, tokens and words"):
+        fire_ids, fire_vals, words = _firing_tokens_and_words(
+            stats, tokens.reshape(-1).tolist(), _reference_words(lm, tokens), n_tokens=n_tokens, n_words=n_words)
+        used = set(fire_ids[fire_ids >= 0].tolist()) | set(lens["lens_top_ids"].reshape(-1).tolist()) | set(
+            lens["lens_bottom_ids"].reshape(-1).tolist())
+        used.discard(-1)
+        text_of, memo = token_text_fn(lm)
+        for t in used:
+            text_of(int(t))
     tensors = {"max_act": stats["max_act"], "frequency": stats["frequency"], "fire_ids": fire_ids,
                "fire_vals": fire_vals, **lens, "example_index": stats["example_index"],
                "example_vals": stats["example_vals"], "reference_tokens": tokens.int()}
     tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
     meta = {"version": FACTS_VERSION, "model": lm.name, "model_fingerprint": model_fingerprint(lm.model),
             "sae": sae.cfg.source, "sae_fingerprint": sae_fingerprint(sae), "hook": hook,
-            "reference": reference.description, "d_sae": F,
+            "reference": reference.description, "d_sae": sae.d_sae,
             "settings": {"n_tokens": n_tokens, "n_words": n_words, "n_lens": n_lens, "n_examples": n_examples},
             "digest": table_digest(tensors, words)}
     if blocks is not None:
@@ -233,14 +272,17 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
                 return table
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is recomputed
-    if reference_text is not None:
-        text = Path(reference_text).read_text(encoding="utf-8", errors="replace")
-        reference = reference_from_text(lm, text, length=length, source=str(reference_text))
-    else:
-        reference = _cached_sample(lm, folder.parent.parent / "reference", samples=samples, length=length, seed=seed,
-                                   engine=engine, progress=progress, use_cache=use_cache, temperature=temperature)
-    table = compute_facts(lm, sae, hook, reference, progress=progress, blocks=feature_blocks(features, sae.d_sae),
-                          **defaults)
+    with _timed("feature facts, reference text"):
+        if reference_text is not None:
+            text = Path(reference_text).read_text(encoding="utf-8", errors="replace")
+            reference = reference_from_text(lm, text, length=length, source=str(reference_text))
+        else:
+            reference = _cached_sample(lm, folder.parent.parent / "reference", samples=samples, length=length,
+                                       seed=seed, engine=engine, progress=progress, use_cache=use_cache,
+                                       temperature=temperature)
+    with _timed("feature facts, computed"):
+        table = compute_facts(lm, sae, hook, reference, progress=progress,
+                              blocks=feature_blocks(features, sae.d_sae), **defaults)
     table.meta["key"] = key
     if use_cache:
         with _cache_write(folder):

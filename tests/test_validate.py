@@ -96,8 +96,8 @@ def test_reduced_validation_on_the_real_model(reduced):
     # steering works: features steer clearly, more than chance alone gives
     assert report["clear_bos"] >= 3 and report["clear_prompt"] >= 3
     assert report["clear_bos"] + report["clear_prompt"] > 2 * (report["chance_bos"] + report["chance_prompt"])
-    # with fluency measured, score >= 2 is exactly "clear", so the top 20 hold every clear feature they can
-    assert report["top20_score_hits"] == min(20, len(bos | prompt))
+    # the score counts firing words beyond the unsteered text's, the test beyond what a typical text holds too
+    assert 0 < report["top20_score_hits"] <= min(20, len(bos | prompt))
     assert len(report["best"]) == 20
     first = report["best"][0]
     assert first["clear_on"] and first["firing_words"] and set(first["texts"]) == {"bos", "prompt"}

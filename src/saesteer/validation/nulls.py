@@ -13,8 +13,9 @@ Per group of texts (one sweep value), with ``n`` swept features:
   group (``evaluation.readback``; -1 for a text equal to the unsteered one, which carries no evidence);
 * ``fluent[g]``: text ``g`` is at most 1 nat/token less fluent than the unsteered text.
 
-Tests (any value of the feature passes it): **words** = at least 2 firing words in a fluent text, the
-unsteered text having none (``text_metrics.is_clear``); **readback** = a fluent, changed text in the top
+Tests (any value of the feature passes it): **words** = at least 2 firing-word occurrences in a fluent text
+beyond the feature's level (``criterion.word_levels``: by default the larger of the unsteered text's count and
+what a text the model writes anyway holds); **readback** = a fluent, changed text in the top
 5% of its null; **both** = one text that passes both.
 """
 
@@ -82,14 +83,18 @@ def rank_matrix(readback: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def passes(groups: list[Group], base_clean: torch.Tensor, perm: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Boolean ``[features]`` per test when feature ``f`` is judged on the texts of ``perm[f]``."""
-    n = base_clean.numel()
+def passes(groups: list[Group], levels: torch.Tensor, perm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean ``[features]`` per test when feature ``f`` is judged on the texts of ``perm[f]``; ``levels``:
+    per feature, the firing-word occurrences a text must exceed by 2 (``criterion.word_levels``; a boolean
+    tensor is the older form: True = 0, False = no text passes)."""
+    if levels.dtype == torch.bool:
+        levels = torch.where(levels, 0.0, torch.inf)
+    n = levels.numel()
     idx = torch.arange(n)
     out = {t: torch.zeros(n, dtype=torch.bool) for t in TESTS}
     for g in groups:
         fluent = g.fluent[perm]
-        w = base_clean & fluent & (g.hits[perm, idx] >= CLEAR_MIN_HITS)
+        w = fluent & (g.hits[perm, idx] - levels >= CLEAR_MIN_HITS)
         r = fluent & g.changed[perm] & (g.rank[perm, idx] >= 1.0 - TOP_FRACTION)
         out["words"] |= w
         out["readback"] |= r
@@ -99,7 +104,7 @@ def passes(groups: list[Group], base_clean: torch.Tensor, perm: torch.Tensor) ->
 
 def null_counts(prompts: dict[str, tuple[list[Group], torch.Tensor]], *, permutations: int = PERMUTATIONS,
                 seed: int = 0) -> dict[str, dict[str, dict]]:
-    """Per prompt label (``groups, base_clean``), and ``"every_prompt"`` (features passing on all of them),
+    """Per prompt label (``groups, levels``), and ``"every_prompt"`` (features passing on all of them),
     per test: the ``observed`` count and its ``features``, and the permutation null's ``chance`` (mean),
     ``interval`` (2.5% and 97.5% quantiles), ``p`` and ``net`` (observed - chance). One permutation of the
     features is drawn per round and applied to every prompt."""

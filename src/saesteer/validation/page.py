@@ -13,7 +13,7 @@ from saesteer.evaluation.templating import page, render
 from saesteer.io import atomic_write_json, atomic_write_text
 from saesteer.validation.criterion import result_dict, shown
 
-def write_outputs(result, out_dir: Path, per_prompt: dict, facts) -> None:
+def write_outputs(result, out_dir: Path, per_prompt: dict, facts, levels: dict | None = None) -> None:
     """``report.json``, ``report.html`` and ``features.jsonl`` (every feature's clearest or best text per prompt)."""
     lines = []
     clear = {p.label: set(p.clear) for p in result.prompts}
@@ -21,7 +21,8 @@ def write_outputs(result, out_dir: Path, per_prompt: dict, facts) -> None:
         rec = {"feature": f, "firing_words": facts.words[f], "max_activation": round(float(facts.max_activation[f]), 4)}
         for lbl, by_feature in per_prompt.items():
             rec[f"clear_{lbl}"] = f in clear[lbl]
-            rec[lbl] = result_dict(*shown(by_feature[f]))
+            level = None if levels is None else levels[lbl][f]
+            rec[lbl] = result_dict(*shown(by_feature[f], level), level)
         lines.append(json.dumps(rec, ensure_ascii=False))
     atomic_write_text(out_dir / "features.jsonl", "\n".join(lines) + "\n")
     atomic_write_json(out_dir / "report.json", result.report())

@@ -26,7 +26,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -40,11 +40,12 @@ from saesteer.steerer import Steerer
 from saesteer.sweep.rank import annotate
 from saesteer.sweep.runner import Sweep
 from saesteer.training import sample_activations, train_topk_sae
-from saesteer.validation.criterion import (N_BEST, clearest, no_fluency_score, result_dict, shown,
+from saesteer.validation.criterion import (N_BEST, WORD_RULE, WORD_RULES, clearest, no_fluency_score, result_dict, shown,
                                           top_hits)
-from saesteer.validation.measures import base_clean, cross_top, model_opening, null_groups
-from saesteer.validation.nulls import null_counts
+from saesteer.validation.measures import expected_hits, measure_prompts, model_opening
 from saesteer.validation.page import write_outputs
+from saesteer.validation.results import FeatureOutcome, PromptOutcome, Validation
+from saesteer.validation.stored import save_sweeps
 
 
 
@@ -88,6 +89,10 @@ class ValidationConfig:
     features: int | None = None
     """Sweep only the first this many features (None: all)."""
     batch_size: int | None = None
+    word_rule: str = WORD_RULE
+    """What the firing-word test counts (``criterion.word_levels``): occurrences beyond the larger of the
+    unsteered text's and a typical text's (``expected``), beyond the unsteered text's (``excess``), or only
+    where the unsteered text has none (``clean``, the earlier rule)."""
 
     def check(self) -> None:
         if self.latents < 1 or not 0 < self.k <= self.latents:
@@ -98,83 +103,10 @@ class ValidationConfig:
             raise SaesteerError("max_new_tokens, tokens, reference_samples and reference_length must be positive")
         if not self.reference_temperature > 0:
             raise SaesteerError(f"reference_temperature must be above 0, got {self.reference_temperature}")
+        if self.word_rule not in WORD_RULES:
+            raise SaesteerError(f"unknown word_rule {self.word_rule!r}; choose one of {', '.join(WORD_RULES)}")
         if self.opening_words < 1 or self.permutations < 0:
             raise SaesteerError("opening_words must be >= 1 and permutations >= 0")
-
-
-# --------------------------------------------------------------------------- results
-@dataclass
-class PromptOutcome:
-    """The sweep from one prompt."""
-
-    label: str
-    """``bos`` or ``prompt``."""
-    prompt: str | None
-    baseline: str
-    baseline_fluency: float | None
-    clear: list[int]
-    """Features that steer clearly from this prompt."""
-    chance: float
-    """The clear count chance gives: the mean of its permutation null (``validation.nulls``)."""
-    top20_score_hits: int
-    top20_score_hits_no_fluency: int
-
-
-@dataclass
-class FeatureOutcome:
-    """One feature of the report: what it fires on and its clearest (else best-scoring) text per prompt."""
-
-    feature: int
-    firing_words: list[str]
-    max_activation: float
-    clear_on: list[str]
-    passes_both_on: list[str]
-    """Prompts from which one of its texts passes both tests."""
-    score: float
-    """Its best score from each prompt, summed."""
-    texts: dict[str, dict] = field(default_factory=dict)
-    """Per prompt label: value, relative, clamp, text, fire_hits, fluency_drop, score, clear."""
-
-
-@dataclass
-class Validation:
-    """What :func:`validate` measured; :meth:`report` is ``report.json``."""
-
-    model: str
-    hook: str
-    variance_explained: float
-    l0: float
-    dead_fraction: float
-    n_features: int
-    clear_bos: int
-    clear_prompt: int
-    clear_both: int
-    top20_score_hits: int
-    """Of the 20 features with the highest score (best over both prompts), how many steer clearly on some prompt."""
-    top20_score_hits_no_fluency: int
-    """The same ranking by the score a sweep without ``--fluency`` gives."""
-    chance_bos: float
-    chance_prompt: float
-    chance_both: float
-    """Clear counts chance gives (means of the permutation nulls; ``both``: clear from both prompts)."""
-    prompts: list[PromptOutcome]
-    best: list[FeatureOutcome]
-    config: dict
-    timings: dict
-    machine: dict
-    training: dict = field(default_factory=dict)
-    nulls: dict = field(default_factory=dict)
-    """Per prompt label and ``every_prompt``, per test (``words``, ``readback``, ``both``): observed count,
-    chance, 95% interval of the null, permutation p-value, net of chance, features (``validation.nulls``)."""
-    cross: dict = field(default_factory=dict)
-    """Per prompt label: the top 20 by each measure, measured by the other (``validation.measures``)."""
-    passes_both: list[int] = field(default_factory=list)
-    """Features with one text that passes both tests (firing words and readback) from some prompt."""
-
-    def report(self) -> dict:
-        d = asdict(self)
-        d["clear_features"] = {p.label: p.clear for p in self.prompts}
-        return d
 
 
 # --------------------------------------------------------------------------- steps
@@ -232,16 +164,17 @@ def _sweep_prompt(st, facts, cfg: ValidationConfig, prompt: str | None, n_featur
     return by_feature, baseline, sweeps
 
 
-def _outcome(label: str, prompt: str | None, by_feature: dict, baseline, chance: float) -> PromptOutcome:
+def _outcome(label: str, prompt: str | None, by_feature: dict, baseline, chance: float,
+             levels: list[float]) -> PromptOutcome:
     """Clear features, chance (the permutation null's mean) and top-20 hits of one prompt's sweep."""
-    clear = sorted(f for f, rs in by_feature.items() if clearest(r for _, r in rs) is not None)
+    clear = sorted(f for f, rs in by_feature.items() if clearest((r for _, r in rs), levels[f]) is not None)
     flu = {f: max(r.metrics.score for _, r in rs) for f, rs in by_feature.items()}
     nof = {f: max(no_fluency_score(r.metrics) for _, r in rs) for f, rs in by_feature.items()}
     return PromptOutcome(label, prompt, baseline.text, baseline.fluency, clear, chance, top_hits(flu, set(clear)),
                          top_hits(nof, set(clear)))
 
 
-def _best_features(per_prompt: dict, clear_sets: dict, facts, both_sets: dict,
+def _best_features(per_prompt: dict, clear_sets: dict, facts, both_sets: dict, levels: dict,
                    n: int = N_BEST) -> list[FeatureOutcome]:
     """The ``n`` features to show: passing both tests first, then clear on both prompts, then on one; then by
     summed score, firing-word occurrences of their clear texts (up to 4 each) and fluency."""
@@ -252,7 +185,8 @@ def _best_features(per_prompt: dict, clear_sets: dict, facts, both_sets: dict,
     summed = {f: sum(max(r.metrics.score for _, r in per_prompt[lbl][f]) for lbl in per_prompt) for f in features}
 
     def rank(f: int):
-        picked = [c for c in (clearest(r for _, r in per_prompt[lbl][f]) for lbl in per_prompt) if c is not None]
+        picked = [c for c in (clearest((r for _, r in per_prompt[lbl][f]), levels[lbl][f]) for lbl in per_prompt)
+                  if c is not None]
         hits_ = sum(min(c.metrics.fire_hits, 4) for c in picked)
         drop = sum(c.metrics.fluency_drop for c in picked)
         return -(f in passing), -(f in both), -(f in clear_any), -summed[f], -hits_, drop, f
@@ -260,7 +194,7 @@ def _best_features(per_prompt: dict, clear_sets: dict, facts, both_sets: dict,
     best = []
     for f in sorted(features, key=rank)[:n]:
         ff = facts[f]
-        texts = {lbl: result_dict(*shown(per_prompt[lbl][f])) for lbl in per_prompt}
+        texts = {lbl: result_dict(*shown(per_prompt[lbl][f], levels[lbl][f]), levels[lbl][f]) for lbl in per_prompt}
         best.append(FeatureOutcome(f, list(ff.firing_words), round(ff.max_activation, 4),
                                    [lbl for lbl in per_prompt if f in clear_sets[lbl]],
                                    [lbl for lbl in per_prompt if f in both_sets[lbl]], round(summed[f], 4), texts))
@@ -271,9 +205,8 @@ def _best_score(per_prompt: dict, f: int, fn) -> float:
     return max(fn(r.metrics) for lbl in per_prompt for _, r in per_prompt[lbl][f])
 
 
-def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike | None = None, progress: bool = True,
-             **overrides) -> Validation:
-    """Run the validation (see the module docstring); keywords override ``config``'s fields."""
+def _settings(config: ValidationConfig | None, overrides: dict) -> ValidationConfig:
+    """``config`` with ``overrides`` applied and checked; the model directory must exist."""
     cfg = config or ValidationConfig()
     if overrides:
         unknown = set(overrides) - set(ValidationConfig.__dataclass_fields__)
@@ -283,13 +216,23 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
     cfg.check()
     if not Path(cfg.model).expanduser().is_dir():
         raise SaesteerError(f"model directory {cfg.model} not found; pass a local Hugging Face model directory")
-    out_dir = Path(out) if out is not None else None
-    machine = _machine()
-    t: dict[str, float] = {}
-    start = time.perf_counter()
+    return cfg
 
-    lm = load_model(str(cfg.model))
-    hook = cfg.hook or _middle_hook(lm.model)
+
+def fit_context(cfg: ValidationConfig, max_positions: int | None) -> ValidationConfig:
+    """``cfg`` with the sampled sequences shortened to fit a model's context (the sweep's own prompt and new
+    tokens are checked where they are generated); unchanged when they fit or the context is unknown."""
+    if not max_positions:
+        return cfg
+    if max_positions < 8:
+        raise SaesteerError(f"the model has only {max_positions} positions; validate needs at least 8")
+    return replace(cfg, seq_len=min(cfg.seq_len, max_positions),
+                   reference_length=min(cfg.reference_length, max_positions - 1))
+
+
+def _train_and_facts(lm, hook: str, cfg: ValidationConfig, out_dir: Path | None, progress: bool, t: dict):
+    """Steps 1 and 2: the SAE (saved and loaded back when there is an ``out_dir``), its stats, the reference
+    text and the feature facts on it."""
     _say(progress, f"[1/4] training a TopK SAE ({cfg.latents} latents, k={cfg.k}) at {hook} on {cfg.tokens:,} "
                    "self-sampled tokens")
     sae, stats = _train(lm, hook, cfg, progress, t)
@@ -297,7 +240,6 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
         sae = load_sae(str(save_sae(sae, out_dir / "sae")))
     _say(progress, f"      variance explained {stats.variance_explained:.4f}, L0 {stats.l0:.2f}, dead "
                    f"{100 * stats.dead_fraction:.2f}% ({t['sample_s']:.0f}s sampling, {t['train_s']:.0f}s training)")
-
     _say(progress, f"[2/4] feature facts on {cfg.reference_samples} x {cfg.reference_length} tokens sampled at "
                    f"temperature {cfg.reference_temperature}")
     t2 = time.perf_counter()
@@ -307,51 +249,83 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
     if out_dir is not None:
         facts.save(out_dir / "facts")
     t["facts_s"] = time.perf_counter() - t2
+    return sae, stats, reference, facts
 
-    st = Steerer(lm, sae, hook=hook)
-    n_features = min(cfg.features or sae.d_sae, sae.d_sae)
-    opening = cfg.prompt if cfg.prompt is not None else model_opening(lm, cfg.opening_words)
+
+def _sweep_all(st, facts, cfg: ValidationConfig, opening: str, n_features: int, progress: bool, t: dict):
+    """Step 3: every feature from BOS and from ``opening``; per prompt label, the results by feature, the
+    baseline and the annotated records (readback ranks and ``steer`` added)."""
     _say(progress, f"[3/4] sweeping {n_features} features x {len(cfg.values) + len(cfg.relative_values)} values "
                    f"from BOS and from {opening!r}, {cfg.max_new_tokens} tokens each, readback measured")
     t3 = time.perf_counter()
-    per_prompt, baselines, annotated, null_in = {}, {}, {}, {}
+    per_prompt, baselines, annotated = {}, {}, {}
     for label, prompt in (("bos", None), ("prompt", opening)):
         per_prompt[label], baselines[label], sweeps = _sweep_prompt(st, facts, cfg, prompt, n_features, progress)
         annotated[label] = [annotate([r.to_record() for r in results]) for results in sweeps]
-        null_in[label] = (null_groups(annotated[label], facts, n_features),
-                          base_clean(baselines[label], facts, n_features))
     t["sweep_s"] = time.perf_counter() - t3
+    return per_prompt, baselines, annotated
 
+
+def _measure(per_prompt, baselines, annotated, facts, expected, cfg: ValidationConfig, opening: str,
+             n_features: int, progress: bool):
+    """Step 4: the permutation nulls, each ranking's top 20 measured by the other, and the prompts' outcomes."""
     _say(progress, f"[4/4] permutation nulls ({cfg.permutations} permutations) and report")
-    nulls = null_counts(null_in, permutations=cfg.permutations, seed=cfg.seed)
-    cross = {label: cross_top(annotated[label]) for label in annotated}
-    outcomes = [_outcome(label, prompt, per_prompt[label], baselines[label], nulls[label]["words"]["chance"])
-                for label, prompt in (("bos", None), ("prompt", opening))]
+    nulls, cross, levels = measure_prompts(annotated, {lbl: b.text for lbl, b in baselines.items()}, facts,
+                                           expected, n_features, word_rule=cfg.word_rule,
+                                           permutations=cfg.permutations, seed=cfg.seed)
+    outcomes = [_outcome(label, prompt, per_prompt[label], baselines[label], nulls[label]["words"]["chance"],
+                         levels[label]) for label, prompt in (("bos", None), ("prompt", opening))]
     for o in outcomes:
         n = nulls[o.label]
         _say(progress, "      " + o.label + ": " + "; ".join(
             f"{test} {n[test]['observed']} (chance {n[test]['chance']:.1f}, p {n[test]['p']:.3g})" for test in n))
+    return nulls, cross, outcomes, levels
+
+
+def _result(lm, hook, cfg, stats, reference, facts, per_prompt, measured, n_features, machine, t,
+            start) -> Validation:
+    """The :class:`Validation` from every step's output (``measured``: what :func:`_measure` returns)."""
+    nulls, cross, outcomes, levels = measured
     clear_sets = {o.label: set(o.clear) for o in outcomes}
     clear_any = clear_sets["bos"] | clear_sets["prompt"]
     both_sets = {label: set(nulls[label]["both"]["features"]) for label in per_prompt}
     best_flu = {f: _best_score(per_prompt, f, lambda m: m.score) for f in range(n_features)}
     best_nof = {f: _best_score(per_prompt, f, no_fluency_score) for f in range(n_features)}
-    best = _best_features(per_prompt, clear_sets, facts, both_sets)
     t["total_s"] = time.perf_counter() - start
-    result = Validation(
+    return Validation(
         model=lm.name, hook=hook, variance_explained=stats.variance_explained, l0=stats.l0,
         dead_fraction=stats.dead_fraction, n_features=n_features, clear_bos=len(clear_sets["bos"]),
         clear_prompt=len(clear_sets["prompt"]), clear_both=len(clear_sets["bos"] & clear_sets["prompt"]),
         top20_score_hits=top_hits(best_flu, clear_any), top20_score_hits_no_fluency=top_hits(best_nof, clear_any),
         chance_bos=outcomes[0].chance, chance_prompt=outcomes[1].chance,
         chance_both=nulls["every_prompt"]["words"]["chance"], prompts=outcomes,
-        best=best, config={**asdict(cfg), "hook": hook}, timings={k: round(v, 1) for k, v in t.items()},
+        best=_best_features(per_prompt, clear_sets, facts, both_sets, levels), config={**asdict(cfg), "hook": hook},
+        timings={k: round(v, 1) for k, v in t.items()},
         machine={**machine, "load_avg_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         training={"steps": stats.steps, "tokens": stats.tokens, "eval_tokens": stats.eval_tokens,
                   "eval": "held-out" if cfg.eval_tokens else "training tokens", "reference": reference.description},
         nulls=nulls, cross=cross, passes_both=sorted(set().union(*both_sets.values())),
     )
-    if out_dir is not None:
-        write_outputs(result, out_dir, per_prompt, facts)
-    return result
 
+
+def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike | None = None, progress: bool = True,
+             **overrides) -> Validation:
+    """Run the validation (see the module docstring); keywords override ``config``'s fields."""
+    cfg = _settings(config, overrides)
+    out_dir = Path(out) if out is not None else None
+    machine, t, start = _machine(), {}, time.perf_counter()
+    lm = load_model(str(cfg.model))
+    cfg = fit_context(cfg, lm.max_positions)
+    hook = cfg.hook or _middle_hook(lm.model)
+    sae, stats, reference, facts = _train_and_facts(lm, hook, cfg, out_dir, progress, t)
+    st = Steerer(lm, sae, hook=hook)
+    n_features = min(cfg.features or sae.d_sae, sae.d_sae)
+    opening = cfg.prompt if cfg.prompt is not None else model_opening(lm, cfg.opening_words, reference)
+    per_prompt, baselines, annotated = _sweep_all(st, facts, cfg, opening, n_features, progress, t)
+    expected = expected_hits(lm, reference, facts, n_features, cfg.max_new_tokens)
+    measured = _measure(per_prompt, baselines, annotated, facts, expected, cfg, opening, n_features, progress)
+    result = _result(lm, hook, cfg, stats, reference, facts, per_prompt, measured, n_features, machine, t, start)
+    if out_dir is not None:
+        write_outputs(result, out_dir, per_prompt, facts, measured[3])
+        save_sweeps(out_dir, annotated, baselines, expected)
+    return result

@@ -71,7 +71,6 @@ KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = set()      # (importing module, i
 KNOWN_LONG_FUNCTIONS: set[str] = {
     "saesteer.engine.fast:generate_ids_fast",                  # issue 17 (engine)
     "saesteer.engine.generate:generate_ids",                   # issue 17 (engine)
-    "saesteer.validation.run:validate",                        # issue 16 (discovery)
 }
 
 

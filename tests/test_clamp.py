@@ -95,3 +95,34 @@ def test_as_clamps_forms():
     assert as_clamps((1, 2)) == [FeatureClamp(1, 2.0)]
     assert as_clamps([(1, 2), (3, 4)]) == [FeatureClamp(1, 2.0), FeatureClamp(3, 4.0)]
     assert as_clamps([FeatureClamp(5, 1.0)]) == [FeatureClamp(5, 1.0)]
+
+
+def test_a_steering_mode_is_one_entry(tiny_gpt2, tiny_sae, monkeypatch):
+    """A mode added to STEERING_MODES alone (here: push the latent away from the value) works in a clamp, and
+    the fast engine, which fuses only the modes it knows (FUSED_MODES), runs it as the plain edit: the same
+    tokens as the reference loop."""
+    from saesteer.engine import GenerationConfig, generate_ids
+    from saesteer.engine.fused_clamp import FUSED_MODES, FusedClamp, resolve_edits
+    from saesteer.steering import clamp as clamp_module
+
+    def away(sae, x, idx, val, mask):
+        return clamp_module.STEERING_MODES["add"].apply(sae, x, idx, -val, mask)
+
+    new = clamp_module.ClampMode("away", "add minus VALUE times the direction", away, keeps_unclamped=True)
+    monkeypatch.setitem(clamp_module.STEERING_MODES, "away", new)
+    x = torch.randn(2, 3, 64)
+    fn, add = SAEClamp(tiny_sae, {5: 7.0}, mode="away"), SAEClamp(tiny_sae, {5: -7.0}, mode="add")
+    assert torch.equal(fn(x), add(x)) and not torch.equal(fn(x), x)
+    assert "away" not in FUSED_MODES and fn.latent_clamp() is fn
+    hook = tiny_sae.hook_name
+    fused = resolve_edits(tiny_gpt2, [(hook, SAEClamp(tiny_sae, {5: 7.0}))], torch.float32)[0][2]
+    plain = resolve_edits(tiny_gpt2, [(hook, fn)], torch.float32)[0][2]
+    assert isinstance(fused, FusedClamp) and plain is fn
+    prompts = [[50256, 39, 42661], [50256, 318]]
+    cfg = GenerationConfig(max_new_tokens=6)
+    ref = generate_ids(tiny_gpt2, prompts, cfg, edits=[(hook, fn)], engine="reference")
+    fast = generate_ids(tiny_gpt2, prompts, cfg, edits=[(hook, fn)], engine="fast")
+    base = generate_ids(tiny_gpt2, prompts, cfg, engine="reference")
+    assert fast == ref and ref != base
+    with pytest.raises(SaesteerError, match="unknown clamp mode 'sideways'; use one of delta, reconstruct, add"):
+        SAEClamp(tiny_sae, {5: 1.0}, mode="sideways")

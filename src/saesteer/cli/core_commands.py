@@ -10,7 +10,7 @@ from saesteer.cli.options import build_steerer, echo_json, model_options
 from saesteer.errors import SaesteerError
 from saesteer.io import atomic_write_text, escape_text, printable
 from saesteer.strength import DEFAULT_MULTIPLE, feature_scale
-from saesteer.steering.clamp import FeatureClamp, MODES, parse_clamp
+from saesteer.steering.clamp import MODE_HELP, MODES, FeatureClamp, parse_clamp
 
 
 def parse_range(text: str, limit: int) -> range:
@@ -36,9 +36,7 @@ def generation_options(func):
     func = click.option("--top-p", default=1.0, show_default=True, type=float, help="Nucleus sampling threshold.")(func)
     func = click.option("--seed", default=None, type=int,
                         help="Seed for sampling (default: a fresh one, reported so the text can be reproduced).")(func)
-    func = click.option("--mode", type=click.Choice(MODES), default="delta", show_default=True,
-                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by decode(z');"
-                             " add: add VALUE times the feature's decoder direction (Neuronpedia's steering).")(func)
+    func = click.option("--mode", type=click.Choice(MODES), default=MODES[0], show_default=True, help=MODE_HELP)(func)
     return func
 
 

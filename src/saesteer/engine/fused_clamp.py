@@ -1,7 +1,8 @@
 """SAE clamps computed from packed weights, and the chains of edits applied at each hook site.
 
-A ``steering.clamp.SAEClamp`` whose SAE has a fused form (``SAE.fused_encoder``) is swapped for a
-:class:`FusedClamp`: same result, less work. Any other edit (a clamp on an SAE without a fused form, a
+An edit that is a latent clamp (``fn.latent_clamp()``, a ``steering.clamp.LatentClamp``) in a mode of
+:data:`FUSED_MODES`, whose SAE has a fused form (``SAE.fused_encoder``), is swapped for a :class:`FusedClamp`:
+same result, less work. Any other edit (a clamp on an SAE without a fused form, a
 reconstruct clamp on an elementwise SAE, any callable) is called with ``[B, T, d]`` as usual, so it runs
 the SAE's own maths.
 """
@@ -16,11 +17,14 @@ from saesteer.engine.packs import SAEPack, sae_pack
 from saesteer.engine.topk_screen import topk_members
 from saesteer.errors import SaesteerError
 from saesteer.models.hook_sites import hook_site
-from saesteer.steering.clamp import SAEClamp
+from saesteer.steering.clamp import LatentClamp
+
+FUSED_MODES = ("delta", "reconstruct")
+"""The steering modes :class:`FusedClamp` computes; a clamp in any other mode runs as the plain edit (exact)."""
 
 
 class FusedClamp:
-    """An ``SAEClamp`` computed from packed weights.
+    """A latent clamp (``steering.clamp.LatentClamp``) computed from packed weights.
 
     ``x' = x + sum_j (v_j - z_j) W_dec[j]`` (delta, de-normalised by the SAE) or ``denormalize(x_hat_n(z) +
     sum_j (v_j - z_j) W_dec[j])`` (reconstruct), where ``z_j`` is latent j's activation. A delta clamp needs
@@ -28,17 +32,17 @@ class FusedClamp:
     full encode. The clamped latents' own pre-activations are computed exactly, in float32.
     """
 
-    def __init__(self, clamp: SAEClamp, pack: SAEPack, static: bool = False):
+    def __init__(self, clamp: LatentClamp, pack: SAEPack, static: bool = False):
         self.clamp, self.pack = clamp, pack
         self.static = static  # no value-dependent branches (CUDA graphs): always the full encode
         self._rows = None  # per-row gathers (latent columns, directions), built on first use
 
     @staticmethod
-    def can_fuse(clamp: SAEClamp) -> bool:
+    def can_fuse(clamp: LatentClamp) -> bool:
         """True when the clamp's SAE has a fused form this class computes: TopK (both modes) or an
         elementwise activation in delta mode (a reconstruct clamp there needs the dense decode anyway)."""
-        if clamp.mode not in ("delta", "reconstruct"):
-            return False  # add mode needs no encode: the clamp itself is cheap
+        if clamp.mode not in FUSED_MODES:
+            return False  # e.g. add mode: it needs no encode, the clamp itself is cheap
         enc = clamp.sae.fused_encoder()
         return enc is not None and (enc.k is not None or clamp.mode == "delta")
 
@@ -142,13 +146,14 @@ def select_rows(fn, index: Tensor):
 
 def resolve_edits(model: nn.Module, edits, dtype: torch.dtype,
                   options: FastOptions = FastOptions()) -> list[tuple[int, str, object]]:
-    """``[(layer, kind, fn)]`` in the given order; SAE clamps with a fused form are swapped for it."""
+    """``[(layer, kind, fn)]`` in the given order; latent clamps with a fused form are swapped for it."""
     out = []
     for name, fn in edits:
         site = hook_site(model, name)  # same one-line errors as the reference engine
-        if isinstance(fn, SAEClamp) and FusedClamp.can_fuse(fn):
-            pack_dtype = dtype if fn.sae.dtype == torch.float32 else fn.sae.dtype
-            fn = FusedClamp(fn, sae_pack(fn.sae, pack_dtype, options))
+        latent = fn.latent_clamp() if hasattr(fn, "latent_clamp") else None
+        if latent is not None and FusedClamp.can_fuse(latent):
+            pack_dtype = dtype if latent.sae.dtype == torch.float32 else latent.sae.dtype
+            fn = FusedClamp(latent, sae_pack(latent.sae, pack_dtype, options))
         out.append((site.layer, site.kind, fn))
     return out
 
@@ -161,4 +166,4 @@ def chains(resolved: list[tuple[int, str, object]]) -> dict:
     return {key: SiteChain(fns) for key, fns in sites.items()}
 
 
-__all__ = ["FusedClamp", "SiteChain", "select_rows", "resolve_edits", "chains"]
+__all__ = ["FUSED_MODES", "FusedClamp", "SiteChain", "select_rows", "resolve_edits", "chains"]

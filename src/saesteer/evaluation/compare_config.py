@@ -14,7 +14,7 @@ from pathlib import Path
 
 from saesteer.config import Config, setting
 from saesteer.errors import SaesteerError
-from saesteer.steering.clamp import MODES
+from saesteer.steering.clamp import MODE_HELP, MODES
 from saesteer.steering.values import check_value
 
 
@@ -95,10 +95,7 @@ class CompareConfig(Config):
     top_p: float = setting(1.0, help="Nucleus sampling threshold.")
     seed: int | None = setting(
         None, help="Seed for sampling (default: a fresh one, reported so the text can be reproduced).")
-    mode: str = setting("delta", choices=MODES,
-                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by"
-                             " decode(z'); add: add VALUE times the feature's decoder direction (Neuronpedia's"
-                             " steering).")
+    mode: str = setting("delta", choices=MODES, help=MODE_HELP)
     prepend_bos: bool = setting(True, cli_name="--no-bos", help="Do not put the BOS token in front of the prompt.")
     reference_text: str | None = _reference_text_setting()
     reference_samples: int = _reference_samples_setting()

@@ -11,13 +11,15 @@ Three modes:
   feature f's decoder direction in the activation's own units (times the token's ``std`` for SAEs that
   normalise their input), whatever the feature's current activation. ``v`` is a strength, not a target value.
 
-Clamps apply at every position the model computes: prompt positions and every KV-cached step.
+Clamps apply at every position the model computes: prompt positions and every KV-cached step. Each mode is
+one :class:`ClampMode` in :data:`STEERING_MODES` (its maths, its help and what it guarantees): a new mode is
+one entry there, and every command, config, the web API and the sweep accept it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -26,7 +28,80 @@ from saesteer.errors import SaesteerError
 from saesteer.saes.base import SAE
 from saesteer.steering.values import check_value
 
-MODES = ("delta", "reconstruct", "add")
+
+
+def _delta(sae: SAE, x: Tensor, idx: Tensor, val: Tensor, mask: Tensor) -> Tensor:
+    z, stats = sae.encode_with_stats(x)
+    current = z.gather(-1, idx[:, None, :].expand(-1, x.shape[1], -1))  # [B, T, m]
+    coef = torch.where(mask[:, None, :], val[:, None, :] - current, torch.zeros_like(current))
+    delta = torch.bmm(coef, sae.W_dec[idx])  # [B, T, d]
+    scale = sae.output_scale(stats)
+    return x + (delta if scale is None else delta * scale)
+
+
+def _reconstruct(sae: SAE, x: Tensor, idx: Tensor, val: Tensor, mask: Tensor) -> Tensor:
+    z, stats = sae.encode_with_stats(x)
+    gather_idx = idx[:, None, :].expand(-1, x.shape[1], -1)  # [B, T, m]
+    current = z.gather(-1, gather_idx)
+    target = torch.where(mask[:, None, :], val[:, None, :].expand_as(current), current)
+    return sae.decode(z.scatter(-1, gather_idx, target), stats)
+
+
+def _add(sae: SAE, x: Tensor, idx: Tensor, val: Tensor, mask: Tensor) -> Tensor:
+    coef = torch.where(mask, val, torch.zeros_like(val))  # [B, m]
+    delta = (coef[:, :, None] * sae.W_dec[idx]).sum(dim=1)[:, None, :]  # [B, 1, d]
+    scale = sae.output_scale(sae.norm_stats(x))
+    return x + (delta if scale is None else delta * scale)
+
+
+@dataclass(frozen=True)
+class ClampMode:
+    """A steering mode: how a set of clamps ``(idx, val, mask) [B, m]`` changes an activation ``x [B, T, d]``."""
+
+    name: str
+    help: str
+    """One clause for the ``--mode`` help."""
+    apply: Callable[[SAE, Tensor, Tensor, Tensor, Tensor], Tensor]
+    """``(sae, x, idx, val, mask) -> x'``, in the SAE's dtype."""
+    keeps_unclamped: bool
+    """A row with nothing clamped keeps its activation exactly (so an empty row is the unsteered run)."""
+
+
+STEERING_MODES: dict[str, ClampMode] = {m.name: m for m in (
+    ClampMode("delta", "add decode(z')-decode(z), keeping the SAE error", _delta, keeps_unclamped=True),
+    ClampMode("reconstruct", "replace by decode(z')", _reconstruct, keeps_unclamped=False),
+    ClampMode("add", "add VALUE times the feature's decoder direction (Neuronpedia's steering)", _add,
+              keeps_unclamped=True),
+)}
+"""Every steering mode, by name; the first is the default."""
+
+MODES = tuple(STEERING_MODES)
+
+MODE_HELP = "; ".join(f"{m.name}: {m.help}" for m in STEERING_MODES.values()) + "."
+"""The ``--mode`` help, from the modes."""
+
+
+def clamp_mode(name: str) -> ClampMode:
+    """The :class:`ClampMode` called ``name``, or a one-line error."""
+    if name not in STEERING_MODES:
+        raise SaesteerError(f"unknown clamp mode {name!r}; use one of {', '.join(STEERING_MODES)}")
+    return STEERING_MODES[name]
+
+
+class LatentClamp(Protocol):
+    """What an edit that clamps SAE latents shows the engine, which may compute the same edit from packed
+    weights (``engine.fused_clamp``): the SAE, the mode, and the clamp sets ``idx, val, mask [R, m]`` (R = 1
+    and ``per_row`` False for a set shared by every row). :class:`SAEClamp` is one; it says so by
+    ``latent_clamp()`` returning itself."""
+
+    sae: SAE
+    mode: str
+    per_row: bool
+    idx: Tensor
+    val: Tensor
+    mask: Tensor
+
+    def select_rows(self, index: Tensor) -> "LatentClamp": ...
 
 
 @dataclass(frozen=True)
@@ -80,8 +155,7 @@ class SAEClamp:
     """
 
     def __init__(self, sae: SAE, clamps=None, *, rows: Sequence | None = None, mode: str = "delta"):
-        if mode not in MODES:
-            raise SaesteerError(f"unknown clamp mode {mode!r}; use one of {', '.join(MODES)}")
+        clamp_mode(mode)
         if (clamps is None) == (rows is None):
             raise SaesteerError("give either clamps (shared by all rows) or rows (one clamp set per row)")
         self.sae = sae
@@ -118,33 +192,17 @@ class SAEClamp:
         new.idx, new.val, new.mask = self.idx[index], self.val[index], self.mask[index]
         return new
 
+    def latent_clamp(self) -> "SAEClamp":
+        """This edit as a :class:`LatentClamp` (the engine's explicit question; other edits do not answer it)."""
+        return self
+
     def __call__(self, act: Tensor) -> Tensor:
         """``act [B, T, d_in]`` -> clamped activation of the same shape and dtype."""
-        sae = self.sae
         batch = act.shape[0]
         if self.per_row and self.idx.shape[0] != batch:
             raise SaesteerError(
                 f"per-row clamps were given for {self.idx.shape[0]} rows but the batch has {batch} rows"
             )
-        x = act.to(sae.dtype)
-        idx = self.idx.expand(batch, -1)  # [B, m]
-        val = self.val.expand(batch, -1)
-        mask = self.mask.expand(batch, -1)
-        directions = sae.W_dec[idx]  # [B, m, d]
-        if self.mode == "add":
-            coef = torch.where(mask, val, torch.zeros_like(val))  # [B, m]
-            delta = (coef[:, :, None] * directions).sum(dim=1)[:, None, :]  # [B, 1, d]
-            scale = sae.output_scale(sae.norm_stats(x))
-            return (x + (delta if scale is None else delta * scale)).to(act.dtype)
-        z, stats = sae.encode_with_stats(x)
-        gather_idx = idx[:, None, :].expand(-1, x.shape[1], -1)  # [B, T, m]
-        if self.mode == "reconstruct":
-            current = z.gather(-1, gather_idx)
-            target = torch.where(mask[:, None, :], val[:, None, :].expand_as(current), current)
-            z = z.scatter(-1, gather_idx, target)
-            return sae.decode(z, stats).to(act.dtype)
-        current = z.gather(-1, gather_idx)  # [B, T, m]
-        coef = torch.where(mask[:, None, :], val[:, None, :] - current, torch.zeros_like(current))
-        delta = torch.bmm(coef, directions)  # [B, T, d]
-        scale = sae.output_scale(stats)
-        return (x + (delta if scale is None else delta * scale)).to(act.dtype)
+        x = act.to(self.sae.dtype)
+        sets = (t.expand(batch, -1) for t in (self.idx, self.val, self.mask))  # [B, m] each
+        return STEERING_MODES[self.mode].apply(self.sae, x, *sets).to(act.dtype)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from saesteer.config import Config, default_of, settings_of, setting
 from saesteer.dtypes import dtype_name
 from saesteer.errors import SaesteerError
-from saesteer.steering.clamp import MODES
+from saesteer.steering.clamp import MODE_HELP, MODES
 from saesteer.sweep.spec import FIRST_SETTINGS, parse_shard, parse_values
 
 ENGINES = ("auto", "fast", "reference")
@@ -64,9 +64,7 @@ class SweepConfig(Config):
     prompt: str | None = setting(None, identity=True,
                                  help="Text to continue; without it, generation starts from BOS alone.")
     max_new_tokens: int = setting(10, identity=True, min=1, max=4096, help="Tokens generated after the prompt.")
-    mode: str = setting("delta", identity=True, choices=MODES,
-                        help="delta: add decode(z')-decode(z), keeping the SAE error; reconstruct: replace by"
-                             " decode(z'); add: add VALUE times the feature's decoder direction.")
+    mode: str = setting("delta", identity=True, choices=MODES, help=MODE_HELP)
     batch_size: int | None = setting(None, min=1, max=1 << 20,
                                      help="Rows (feature x value) per generate call; default 512.")
     dtype: str | None = setting(None, identity=True, cli_choices=("float32", "bfloat16"), parse=dtype_name,

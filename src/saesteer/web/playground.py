@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from saesteer.engine import GenerationConfig, generate_ids
 from saesteer.steerer import draw_seed
-from saesteer.steering.clamp import FeatureClamp
+from saesteer.steering.clamp import FeatureClamp, clamp_mode
 from saesteer.steering.hooks import make_clamp
 from saesteer.web.errors import InputError
 
@@ -86,7 +86,7 @@ class Playground:
                 step[0] += 1
             return on_step
 
-        if req.temperature == 0 and req.mode in ("delta", "add"):  # an empty row is a no-op
+        if req.temperature == 0 and clamp_mode(req.mode).keeps_unclamped:  # an empty row is the unsteered run
             base, steered = self._many([req.prompt, req.prompt], {s: [[], c] for s, c in by_sae.items()},
                                        on_step_for(["unsteered", "steered"]), kw)
         else:

@@ -9,11 +9,11 @@ model's positions) are checked by the app and answered with the same 422 shape.
 
 from __future__ import annotations
 
-import typing
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from saesteer.steering.clamp import MODES
 from saesteer.steering.values import MAX_ABS_VALUE  # the one rule for clamp values (steering.values)
 
 MAX_PROMPT_CHARS = 4000
@@ -24,8 +24,7 @@ MAX_CURVE_VALUES = 12
 MAX_QUERY_CHARS = 200
 MAX_PAGE = 200
 
-Mode = Literal["delta", "reconstruct", "add"]
-MODES = typing.get_args(Mode)
+Mode = Literal[MODES]  # every steering mode (steering.clamp.STEERING_MODES), named in the OpenAPI schema
 Value = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
 Feature = Annotated[StrictInt, Field(ge=0)]
 MAX_SAES = 64

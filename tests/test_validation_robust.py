@@ -52,11 +52,13 @@ def test_opening_falls_back_to_the_samples_then_errors(monkeypatch, gpt2_tokeniz
     lm.continuation = lambda p, new: gpt2_tokenizer.decode(new, skip_special_tokens=True)
     monkeypatch.setattr(measures, "generate_ids", lambda *a, **k: [[50256] * 8])   # only end-of-text
     enc = lambda s: gpt2_tokenizer.encode(s, add_special_tokens=False)[:4]    # noqa: E731
-    rows = [enc("A cat sat down"), enc("A cat sat down"), enc("The dog ran off")]
+    rows = [enc("A dog sat down"), enc("A cat sat down"), enc("A cat ran off"), enc("\n\nThe dog ran"),
+            enc("The dog sat")]
     width = max(map(len, rows))
     rows = [[50256] + r + [50256] * (width - len(r)) for r in rows]
     ref = SimpleNamespace(tokens=torch.tensor(rows))
-    assert measures.model_opening(lm, 2, ref) == "A cat"
+    assert measures.model_opening(lm, 3, ref) == "A cat ran"   # "A" (3 of 5), then "cat" (2 of 3), a tie: "ran"
+    assert measures.common_opening(["x.", "x. y", "z"], 2) == "x. y"
     with pytest.raises(SaesteerError, match="--prompt"):
         measures.model_opening(lm, 2)
 

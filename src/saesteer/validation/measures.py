@@ -20,13 +20,32 @@ _LETTER = re.compile(r"[^\W\d_]")
 TOP_N = 20
 
 
+def _opening_spans(text: str, n_words: int) -> list:
+    return [m for m in re.finditer(r"\S+", text) if _LETTER.search(m.group(0))][:n_words]
+
+
+def _trim(text: str) -> str:
+    return re.sub(r"[\s,.;:!?]+$", "", text)
+
+
 def opening_words(text: str, n_words: int) -> str:
     """The first ``n_words`` whitespace-separated words of ``text`` that hold a letter, as they stand in it
     (what lies before the first such word, and punctuation after the last, left out); "" when none."""
-    spans = [m for m in re.finditer(r"\S+", text) if _LETTER.search(m.group(0))][:n_words]
-    if not spans:
-        return ""
-    return re.sub(r"[\s,.;:!?]+$", "", text[spans[0].start():spans[-1].end()])
+    spans = _opening_spans(text, n_words)
+    return _trim(text[spans[0].start():spans[-1].end()]) if spans else ""
+
+
+def common_opening(texts: list[str], n_words: int) -> str:
+    """The most common opening of ``texts``, word by word: the commonest first word, then the commonest
+    second word among the texts that open with it, and so on (ties: the first in sorted order)."""
+    seqs = [[m.group(0) for m in _opening_spans(t, n_words)] for t in texts]
+    prefix: list[str] = []
+    for i in range(n_words):
+        counts = Counter(s[i] for s in seqs if len(s) > i and s[:i] == prefix)
+        if not counts:
+            break
+        prefix.append(min(counts, key=lambda w: (-counts[w], w)))
+    return _trim(" ".join(prefix))
 
 
 def model_opening(lm, n_words: int = 4, reference=None) -> str:
@@ -34,17 +53,15 @@ def model_opening(lm, n_words: int = 4, reference=None) -> str:
     end-of-text tokens, special tokens left out): a prompt that assumes nothing about the model's domain.
 
     A model whose greedy text opens with whitespace, punctuation or end-of-text gets the words that follow;
-    one whose greedy text holds no word at all gets the most common opening of its own samples
-    (``reference``, a :class:`~saesteer.evaluation.reference.Reference`), else a one-line error."""
+    one whose greedy text holds no word at all (a loop of newlines) gets the most common opening of its own
+    samples (``reference``, a :class:`~saesteer.evaluation.reference.Reference`; :func:`common_opening`),
+    else a one-line error."""
     out = generate_ids(lm.model, [[lm.bos_token_id]], GenerationConfig(max_new_tokens=max(32, 4 * n_words + 4),
                                                                        stop_at_eos=False),
                        eos_token_id=lm.eos_token_id, pad_token_id=lm.pad_token_id)[0]
     opening = opening_words(lm.continuation([lm.bos_token_id], out), n_words)
     if not opening and reference is not None:
-        starts = Counter(opening_words(lm.continuation(row[:1], row[1:]), n_words)
-                         for row in reference.tokens.tolist())
-        starts.pop("", None)
-        opening = max(starts, key=lambda s: (starts[s], s)) if starts else ""
+        opening = common_opening([lm.continuation(row[:1], row[1:]) for row in reference.tokens.tolist()], n_words)
     if not opening:
         raise SaesteerError("the model's own text holds no words to take a prompt from; pass --prompt")
     return opening

@@ -68,10 +68,7 @@ KNOWN_PRIVATE_USES: set[tuple[str, str]] = set()          # (using module, priva
 KNOWN_UPWARD_IMPORTS: set[tuple[str, str]] = set()        # (importing module, imported module)
 KNOWN_FUNCTION_IMPORTS: set[tuple[str, str]] = set()      # (importing module, imported module)
 # Functions over MAX_FUNCTION_LINES, as "module:qualified name", each owned by another open issue's rework.
-KNOWN_LONG_FUNCTIONS: set[str] = {
-    "saesteer.engine.fast:generate_ids_fast",                  # issue 17 (engine)
-    "saesteer.engine.generate:generate_ids",                   # issue 17 (engine)
-}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 
 
 @dataclass

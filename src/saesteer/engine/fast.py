@@ -93,20 +93,11 @@ def generate_ids_fast(
     if config.max_new_tokens == 0:
         return out
     longest = max(len(p) for p in prompts)
-    if dec.max_positions is not None and longest + config.max_new_tokens - 1 > dec.max_positions:
-        raise SaesteerError(
-            f"prompt ({longest} tokens) + max_new_tokens ({config.max_new_tokens}) exceed the model's"
-            f" {dec.max_positions} positions"
-        )
-    all_fused = all(isinstance(fn, FusedClamp) for _, _, fn in resolved)
-    static_steps = options.static_steps
-    if static_steps is None:
-        static_steps = dec.device.type == "cuda" and all_fused
-    elif static_steps and not all_fused:
-        raise SaesteerError("static_steps needs every edit to be an SAE clamp (other callables may not be static)")
-    sae_width = max([fn.pack.enc.W_dec.shape[0] for _, _, fn in resolved if isinstance(fn, FusedClamp)] + [0])
+    _check_positions(dec, longest, config.max_new_tokens)
+    static = _static_steps(options, dec, resolved)
     batch_size = options.batch_size
     if batch_size is None:
+        sae_width = max([fn.pack.enc.W_dec.shape[0] for _, _, fn in resolved if isinstance(fn, FusedClamp)] + [0])
         batch_size = choose_batch_size(dec, n, longest, config.max_new_tokens, sae_width=sae_width)
     generators = None if config.greedy else row_generators(config.seed, n)
     order = sorted(range(n), key=lambda r: len(prompts[r]))
@@ -115,11 +106,30 @@ def generate_ids_fast(
         chunk = order[start:start + batch_size]
         index = torch.tensor(chunk, dtype=torch.long, device=dec.device)
         chunk_edits = [(layer, kind, select_rows(fn, index)) for layer, kind, fn in resolved]
-        run = _Chunk(dec, [prompts[r] for r in chunk], chunk, config, chunk_edits, cache, options, static_steps)
+        run = _Chunk(dec, [prompts[r] for r in chunk], chunk, config, chunk_edits, cache, options, static)
         cache = None  # the chunk holds the only reference: a cache too small for it is freed first
         run.generate(eos_token_id, pad_token_id, on_step, generators, out, options.rescore)
         cache, run = run.cache, None
     return out
+
+
+def _check_positions(dec: Decoder, longest: int, max_new_tokens: int) -> None:
+    """Refuse a prompt and continuation longer than the model's positions."""
+    if dec.max_positions is not None and longest + max_new_tokens - 1 > dec.max_positions:
+        raise SaesteerError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceed the model's"
+            f" {dec.max_positions} positions"
+        )
+
+
+def _static_steps(options: FastOptions, dec: Decoder, resolved) -> bool:
+    """Whether to decode with static shapes: as asked, else on CUDA when every edit is a fused SAE clamp."""
+    all_fused = all(isinstance(fn, FusedClamp) for _, _, fn in resolved)
+    if options.static_steps is None:
+        return dec.device.type == "cuda" and all_fused
+    if options.static_steps and not all_fused:
+        raise SaesteerError("static_steps needs every edit to be an SAE clamp (other callables may not be static)")
+    return options.static_steps
 
 
 class _Chunk:

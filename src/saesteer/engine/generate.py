@@ -153,22 +153,7 @@ def generate_ids(
         cache = None
         step_ids = ids
         for step in range(config.max_new_tokens):
-            positions = positions_from_mask(mask)
-            if config.use_cache:
-                if cache is None:
-                    from transformers import DynamicCache
-
-                    cache = DynamicCache(config=model.config)
-                    step_pos = positions
-                else:
-                    step_pos = positions[:, -1:]
-                result = model(
-                    input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                    **{cache_kw: cache},
-                )
-            else:
-                result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-            logits = result.logits[:, -1, :]
+            logits, cache = _next_logits(model, config, ids, mask, step_ids, cache, cache_kw)
             check_finite(logits, step)
             gens = None if generators is None else [generators[int(r)] for r in active]
             nxt = select_next(logits, config, gens)
@@ -185,11 +170,36 @@ def generate_ids(
                     break
                 if keep.numel() < nxt.numel():
                     active, ids, mask, step_ids = active[keep], ids[keep], mask[keep], step_ids[keep]
-                    if cache is not None:
-                        cache.batch_select_indices(keep)
-                    for _, fn in tracked:
-                        fn.select_rows(keep)
+                    _drop_rows(cache, tracked, keep)
     return out
+
+
+def _next_logits(model: nn.Module, config: GenerationConfig, ids: Tensor, mask: Tensor, step_ids: Tensor, cache,
+                 cache_kw: str):
+    """The last position's logits ``[B, V]`` (through the KV cache, created on the first step, or a full
+    forward without it) and the cache."""
+    positions = positions_from_mask(mask)
+    if not config.use_cache:
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        return result.logits[:, -1, :], cache
+    if cache is None:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        step_pos = positions
+    else:
+        step_pos = positions[:, -1:]
+    result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                   **{cache_kw: cache})
+    return result.logits[:, -1, :], cache
+
+
+def _drop_rows(cache, tracked, keep: Tensor) -> None:
+    """Rows ``keep`` stay in the KV cache and in every edit's per-row state."""
+    if cache is not None:
+        cache.batch_select_indices(keep)
+    for _, fn in tracked:
+        fn.select_rows(keep)
 
 
 @torch.no_grad()

@@ -61,15 +61,15 @@ def absolute_values(scale: Scale, features: Sequence[int], multiples: Sequence[f
 
 
 def relative_settings(steerer, pairs: Sequence[tuple[int, float | None]], values: Sequence[float] | None, *,
-                      relative: bool, reference_text=None, reference_samples: int = 256, reference_length: int = 64,
-                      cache_dir=None, progress: bool = False) -> tuple[list[tuple[int, float | None]], list[float] | None, Scale]:
+                      relative: bool, progress: bool = False,
+                      **reference) -> tuple[list[tuple[int, float | None]], list[float] | None, Scale]:
     """Clamp settings in each feature's own units, turned into absolute values: ``(pairs, values, scale)``.
 
     ``values`` (when given) are multiples for the single feature of ``pairs``; otherwise each pair's value is a
-    multiple when ``relative`` (else absolute), and a pair without a value gets :data:`DEFAULT_MULTIPLE`."""
+    multiple when ``relative`` (else absolute), and a pair without a value gets :data:`DEFAULT_MULTIPLE`.
+    ``reference``: :func:`feature_scale`'s reference keywords."""
     feats = [f for f, _ in pairs]
-    scale = feature_scale(steerer, feats, reference_text=reference_text, reference_samples=reference_samples,
-                          reference_length=reference_length, cache_dir=cache_dir, progress=progress)
+    scale = feature_scale(steerer, feats, progress=progress, **reference)
     if values is not None:  # --relative --values: one multiple per setting; only one feature has one scale
         if len(set(feats)) != 1:
             raise SaesteerError("--relative --values needs a single --clamp feature (each feature has its own"

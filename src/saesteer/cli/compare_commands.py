@@ -63,10 +63,8 @@ def compare(model, sae, hook, device, prompts, prompt_file, clamps, out, plot, a
         raise SaesteerError(f"feature {f} has no clamp value and --no-facts leaves no scale to take one from;"
                             f" write --clamp {f}=VALUE, or drop --no-facts for 2 x its max activation")
     if bare or config.relative:  # the values in each feature's own units, said before the work starts
-        pairs, values, scale = relative_settings(
-            st, pairs, config.values, relative=config.relative, reference_text=config.reference_text,
-            reference_samples=config.reference_samples, reference_length=config.reference_length,
-            progress=not as_json)
+        pairs, values, scale = relative_settings(st, pairs, config.values, relative=config.relative,
+                                                 progress=not as_json, **config.scale_keywords())
         if not as_json:
             for f in dict.fromkeys(f for f, _ in pairs):
                 click.echo(scale.describe(f), err=True)

@@ -215,7 +215,7 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, config:
     values = None if c.values is None else list(c.values)
     if c.relative:
         clamps, values, _ = relative_settings(steerer, _pairs(clamps), values, relative=True, progress=progress,
-                                              **_reference(c))
+                                              **c.scale_keywords())
     settings_spec = _settings(clamps, values)
     features = sorted({cl.feature for cl in settings_spec[0][2]})
     for f in features:
@@ -253,18 +253,10 @@ def _prompt_list(prompts) -> list[str | None]:
     return prompts
 
 
-def _reference(c) -> dict:
-    """The reference-text settings of a config, as ``feature_scale``'s keywords."""
-    return dict(reference_text=c.reference_text, reference_samples=c.reference_samples,
-                reference_length=c.reference_length, cache_dir=c.cache_dir)
-
-
 def _facts_of(steerer, c: CompareConfig, facts, progress: bool):
     """The feature facts to measure with: ``facts`` when given, none when skipped, else the (cached) facts."""
     if facts is False or not c.use_facts:
         return None
     if facts is None:
-        return feature_facts(steerer, reference_text=c.reference_text, samples=c.reference_samples,
-                             length=c.reference_length, cache_dir=c.cache_dir, progress=progress,
-                             engine=steerer.engine)
+        return feature_facts(steerer, **c.facts_keywords(), progress=progress, engine=steerer.engine)
     return facts

@@ -73,8 +73,23 @@ def _max_new_tokens_setting(default: int):
     return setting(default, min=0, max=4096, help="Tokens generated after the prompt.")
 
 
+class ReferenceSettings:
+    """The reference-text settings both configs hold (fields ``reference_*`` and ``cache_dir``), as the keywords
+    of the functions that use them: a new reference setting is a field and one line in each method here."""
+
+    def facts_keywords(self) -> dict:
+        """Keywords of ``evaluation.feature_facts.feature_facts``."""
+        return dict(reference_text=self.reference_text, samples=self.reference_samples,
+                    length=self.reference_length, cache_dir=self.cache_dir)
+
+    def scale_keywords(self) -> dict:
+        """Keywords of ``strength.feature_scale`` (and ``strength.relative_settings``)."""
+        return dict(reference_text=self.reference_text, reference_samples=self.reference_samples,
+                    reference_length=self.reference_length, cache_dir=self.cache_dir)
+
+
 @dataclass(frozen=True)
-class CompareConfig(Config):
+class CompareConfig(ReferenceSettings, Config):
     """How ``compare`` steers and measures: every field is a keyword of
     :func:`saesteer.evaluation.compare.compare` and (unless Python only) an option of ``saesteer compare``."""
 
@@ -112,7 +127,7 @@ class CompareConfig(Config):
 
 
 @dataclass(frozen=True)
-class FeatureCardConfig(Config):
+class FeatureCardConfig(ReferenceSettings, Config):
     """What a feature card shows: every field is a keyword of
     :func:`saesteer.evaluation.feature_card.feature_card` and (unless Python only) an option of
     ``saesteer feature``. Without ``values``, the card's steered samples are at ``DEFAULT_VALUES`` (absolute)

@@ -124,9 +124,7 @@ def scaled_values(steerer, feature: int, multiples: Sequence[float] | None, conf
     """``(multiples, values, scale)``: the card's steered-sample values as ``multiples`` (default
     :data:`~saesteer.strength.DEFAULT_MULTIPLES`) of the feature's max activation on the reference text."""
     multiples = list(DEFAULT_MULTIPLES if multiples is None else multiples)
-    scale = feature_scale(steerer, [feature], reference_text=config.reference_text,
-                          reference_samples=config.reference_samples, reference_length=config.reference_length,
-                          cache_dir=config.cache_dir, progress=progress)
+    scale = feature_scale(steerer, [feature], progress=progress, **config.scale_keywords())
     return multiples, [scale.value(feature, m) for m in multiples], scale
 
 
@@ -148,9 +146,7 @@ def feature_card(steerer, feature: int, config: FeatureCardConfig | None = None,
         raise SaesteerError(f"feature must be an integer, got {feature!r}")
     sae.check_feature(feature)
     if facts is None:
-        facts = feature_facts(steerer, reference_text=c.reference_text, samples=c.reference_samples,
-                              length=c.reference_length, cache_dir=c.cache_dir, progress=progress,
-                              engine=steerer.engine)
+        facts = feature_facts(steerer, **c.facts_keywords(), progress=progress, engine=steerer.engine)
     f = facts[feature]
     lm = steerer.lm
     contexts = [Context(float(act), token_pieces(lm, ids), int(idx))

@@ -60,8 +60,8 @@ from saesteer.steering.clamp import FeatureClamp
 from saesteer.steering.values import check_value
 from saesteer.strength import relative_settings
 
-__all__ = ["CompareConfig", "Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting", "Stat", "TESTED",
-           "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
+__all__ = ["CompareConfig", "Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting",
+           "Stat", "TESTED", "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
            "token_pieces"]
 
 

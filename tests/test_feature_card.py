@@ -161,3 +161,16 @@ def test_a_config_equals_its_keywords_and_relative_values_are_multiples(st, fact
     rel = feature_card(st, fired, facts=facts, relative=True, values=[1.0, 2.0], max_new_tokens=3, **ref)
     peak = float(facts.max_activation[fired])
     assert [s.value for s in rel.samples] == [pytest.approx(peak), pytest.approx(2.0 * peak)]
+
+
+def test_cli_reference_seed_reaches_the_facts(capsys, base):
+    """--reference-seed (one field of FeatureCardConfig and CompareConfig): the facts are those of that seed."""
+    args = ["feature", "7", *base, "--reference-samples", "2", "--reference-length", "8", "--values", "10",
+            "--max-new-tokens", "2", "--json"]
+    assert run([*args, "--reference-seed", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["seed"] == 3
+    assert run(args) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["seed"] == 0
+    assert run(["compare", *base, "--prompt", PROMPT, "--clamp", "7=10", "--reference-samples", "2",
+                "--reference-length", "8", "--reference-seed", "3", "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reference"]["seed"] == 3

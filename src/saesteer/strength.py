@@ -45,10 +45,10 @@ class Scale:
 
 
 def feature_scale(steerer, features: Iterable[int], *, reference_text=None, reference_samples: int = 256,
-                  reference_length: int = 64, cache_dir=None, progress: bool = False) -> Scale:
+                  reference_length: int = 64, reference_seed: int = 0, cache_dir=None, progress: bool = False) -> Scale:
     """The :class:`Scale` of ``features`` of ``steerer``'s SAE, from the (cached) feature facts."""
     facts = feature_facts(steerer, reference_text=reference_text, samples=reference_samples,
-                          length=reference_length, cache_dir=cache_dir, progress=progress)
+                          length=reference_length, seed=reference_seed, cache_dir=cache_dir, progress=progress)
     peaks = facts.max_activation
     source = (f"{reference_text}" if reference_text is not None
               else f"the model's own text ({reference_samples} samples x {reference_length} tokens)")

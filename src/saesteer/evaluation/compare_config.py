@@ -64,6 +64,11 @@ def _reference_length_setting():
     return setting(64, min=1, max=4096, help="Tokens per reference sequence.")
 
 
+def _reference_seed_setting():
+    return setting(0, help="Seed of the reference text the model samples (without --text), e.g. a sweep's"
+                           " --reference-seed, so that both use the same facts.")
+
+
 def _cache_dir_setting():
     return setting(None, cli=False, record=False,
                    help="Feature-facts cache (default: $SAESTEER_CACHE or ~/.cache/saesteer).")
@@ -80,12 +85,13 @@ class ReferenceSettings:
     def facts_keywords(self) -> dict:
         """Keywords of ``evaluation.feature_facts.feature_facts``."""
         return dict(reference_text=self.reference_text, samples=self.reference_samples,
-                    length=self.reference_length, cache_dir=self.cache_dir)
+                    length=self.reference_length, seed=self.reference_seed, cache_dir=self.cache_dir)
 
     def scale_keywords(self) -> dict:
         """Keywords of ``strength.feature_scale`` (and ``strength.relative_settings``)."""
         return dict(reference_text=self.reference_text, reference_samples=self.reference_samples,
-                    reference_length=self.reference_length, cache_dir=self.cache_dir)
+                    reference_length=self.reference_length, reference_seed=self.reference_seed,
+                    cache_dir=self.cache_dir)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ class CompareConfig(ReferenceSettings, Config):
     reference_text: str | None = _reference_text_setting()
     reference_samples: int = _reference_samples_setting()
     reference_length: int = _reference_length_setting()
+    reference_seed: int = _reference_seed_setting()
     use_facts: bool = setting(True, cli_name="--no-facts",
                               help="Skip feature facts: no on-target hits, no feature cards.")
     cards: bool = setting(True, cli=False, help="Add the feature card of each clamped feature (needs facts).")
@@ -147,6 +154,7 @@ class FeatureCardConfig(ReferenceSettings, Config):
     reference_text: str | None = _reference_text_setting()
     reference_samples: int = _reference_samples_setting()
     reference_length: int = _reference_length_setting()
+    reference_seed: int = _reference_seed_setting()
     n_tokens: int = setting(10, cli_name="--top", min=1, max=100, help="Tokens and words listed per row.")
     n_contexts: int = setting(8, cli_name="--contexts", min=0, max=32,
                               help="Contexts where the feature is most active.")

@@ -19,7 +19,9 @@ from saesteer.steering.values import check_value
 
 
 def parse_clamp_values(text: str | None) -> list[float] | None:
-    """``"-20,-10,0,10,20"`` -> ``[-20.0, -10.0, 0.0, 10.0, 20.0]``; None/"" -> None; one-line error otherwise."""
+    """``"-20,-10,0,10,20"`` -> ``[-20.0, -10.0, 0.0, 10.0, 20.0]``: one list, each entry a setting in the order
+    given (an empty entry is an error); None/"" -> None (not given). A sweep's ``--values`` is
+    ``sweep.spec.parse_values`` (repeatable, duplicates dropped)."""
     if text is None or not str(text).strip():
         return None
     out = []

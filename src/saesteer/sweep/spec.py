@@ -58,7 +58,9 @@ def parse_features(text: str | None, d_sae: int) -> tuple[tuple[int, int], ...]:
 
 
 def parse_values(items) -> tuple[float, ...]:
-    """``["20", "-20,10"]`` -> ``(20.0, -20.0, 10.0)``: comma lists, repeated options, duplicates dropped."""
+    """``["20", "-20,10"]`` -> ``(20.0, -20.0, 10.0)``: a sweep's ``--values`` (repeated options of comma lists;
+    blanks skipped, duplicates dropped: each value is swept once; at least one). ``compare_config.clamp_values``
+    reads compare's single ``--values`` list, where order and repeats are the settings asked for."""
     if isinstance(items, (int, float)):
         items = [items]
     out: list[float] = []

@@ -116,8 +116,8 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
              reference_samples, reference_temperature, features, out, as_json, quiet):
     """Show that steering works on a real model: train an SAE, sweep every feature, count the clear ones.
 
-    A feature steers clearly when, at some value, the continuation holds 2 of its firing words where the
-    unsteered text has none, at most 1 nat/token less fluent. See docs/validation.md.
+    A feature steers clearly when, at some value, the continuation holds 2 more of its firing words than the
+    unsteered text, at most 1 nat/token less fluent. See docs/validation.md.
     """
     v = run_validation(model=model, hook=hook, latents=latents, k=k, tokens=tokens, epochs=epochs,
                        seed=seed, prompt=prompt, values=parse_value_list(values), relative_values=parse_value_list(relative_values),

@@ -13,16 +13,17 @@ N_BEST = 20
 
 WORD_RULES = ("expected", "excess", "clean")
 """How the firing-word test treats occurrences the steered text would hold anyway (:func:`word_levels`)."""
-WORD_RULE = "expected"
+WORD_RULE = "excess"
 
 
 def word_levels(base_hits, expected, rule: str = WORD_RULE) -> list[float]:
     """Per feature, the firing-word occurrences a steered text must exceed by ``CLEAR_MIN_HITS`` (2):
 
+    * ``excess`` (the default, chosen on seed 0 of ``docs/validation.md``): the unsteered text's count, so
+      words already in the unsteered text can still count (2 occurrences more);
     * ``expected``: the larger of the unsteered text's count and the count a text the model writes anyway holds
       (``measures.expected_hits``): only occurrences beyond both are evidence, so words the model writes
-      everywhere (its stock words) count for little, and words already in the unsteered text can still count;
-    * ``excess``: the unsteered text's count;
+      everywhere (its stock words) count for little;
     * ``clean`` (the rule before issue 16's second round): 0 when the unsteered text holds none of the words, else
       no text can pass (infinity).
     """

@@ -14,8 +14,7 @@ Per group of texts (one sweep value), with ``n`` swept features:
 * ``fluent[g]``: text ``g`` is at most 1 nat/token less fluent than the unsteered text.
 
 Tests (any value of the feature passes it): **words** = at least 2 firing-word occurrences in a fluent text
-beyond the feature's level (``criterion.word_levels``: by default the larger of the unsteered text's count and
-what a text the model writes anyway holds); **readback** = a fluent, changed text in the top
+beyond the feature's level (``criterion.word_levels``: by default the unsteered text's count); **readback** = a fluent, changed text in the top
 5% of its null; **both** = one text that passes both.
 """
 

@@ -90,9 +90,9 @@ class ValidationConfig:
     """Sweep only the first this many features (None: all)."""
     batch_size: int | None = None
     word_rule: str = WORD_RULE
-    """What the firing-word test counts (``criterion.word_levels``): occurrences beyond the larger of the
-    unsteered text's and a typical text's (``expected``), beyond the unsteered text's (``excess``), or only
-    where the unsteered text has none (``clean``, the earlier rule)."""
+    """What the firing-word test counts (``criterion.word_levels``): occurrences beyond the unsteered text's
+    (``excess``, the default), beyond the larger of the unsteered text's and a typical text's (``expected``),
+    or only where the unsteered text has none (``clean``, the earlier rule)."""
 
     def check(self) -> None:
         if self.latents < 1 or not 0 < self.k <= self.latents:

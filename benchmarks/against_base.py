@@ -2,8 +2,9 @@
 from two source trees, timed in interleaved passes in one run.
 
 Each tree's own ``benchmarks/sweep_speed.py`` serves contender (c) in its own process (its own ``src`` first on
-``PYTHONPATH``), set up and warmed up untimed. The passes then alternate: base, new, base, new, ... so that
-load from elsewhere hits both alike. Both must generate the same tokens.
+``PYTHONPATH``), set up and warmed up untimed. The passes then alternate (base, new, new, base, base, new,
+...), so that load from elsewhere hits both alike and neither always goes first. Both must generate the same
+tokens.
 
     git worktree add --detach /tmp/base 19bcd4c          # the tree before the architecture rework
     python benchmarks/against_base.py --base /tmp/base --features 512 --passes 4
@@ -83,8 +84,8 @@ def main() -> None:
         served[name].request()
     load_before = os.getloadavg()
     t0 = time.time()
-    for _ in range(args.passes):
-        for name in ("base", "new"):
+    for i in range(args.passes):  # base, new, new, base, ...: neither always goes first
+        for name in (("base", "new") if i % 2 == 0 else ("new", "base")):
             served[name].run()
     load_after = os.getloadavg()
     for s in served.values():

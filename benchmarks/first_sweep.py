@@ -10,6 +10,8 @@ manifest's ``elapsed_s``.
     python benchmarks/first_sweep.py                        # features 0:1024, value 20, 10 tokens
     python benchmarks/first_sweep.py --second               # then the same sweep again on the warm cache
     python benchmarks/first_sweep.py --root /tmp/fs --keep  # keep (and later reuse) the built model and SAE
+    python benchmarks/first_sweep.py --root /tmp/fs --new-sae-only   # the model's reference text cached
+    python benchmarks/first_sweep.py --root /tmp/fs --ablation-only  # the statistics' switch, in one process
 
 Prints one JSON object (also written to ``benchmarks/results/first_sweep.json``): the process's wall time,
 the loop time, the facts' time and parts, the set-up before the facts (imports, loading, fingerprints), the
@@ -97,6 +99,35 @@ def summary(r: dict) -> dict:
     return out
 
 
+def ablation(root: Path, sequences: int = 64, rounds: int = 2) -> dict:
+    """``firing_stats`` of the first 1024 features on ``sequences`` of the cached reference text, with
+    ``only_columns`` off (the plain path: every latent formed) and on, interleaved; both must be equal."""
+    import torch
+    from safetensors.torch import load_file
+
+    from saesteer import Steerer
+    from saesteer.evaluation.activations import firing_stats
+
+    files = sorted((root / "cache" / "reference").glob("*.safetensors"))
+    if not files:
+        raise SystemExit(f"no cached reference text under {root / 'cache'}: run a first sweep with --root first")
+    tokens = load_file(str(files[0]))["tokens"].long()[:sequences]
+    st = Steerer(str(root / "model"), str(root / "sae"))
+    cols = torch.arange(1024)
+    times: dict[str, list[float]] = {"plain": [], "only_columns": []}
+    results = {}
+    for _ in range(rounds):
+        for name in times:
+            t = time.perf_counter()
+            results[name] = firing_stats(st.lm.model, st.sae, st.hook_name, tokens, skip_ids=[st.lm.bos_token_id],
+                                         columns=cols, only_columns=name == "only_columns")
+            times[name].append(round(time.perf_counter() - t, 2))
+    equal = all(torch.equal(results["plain"][k], results["only_columns"][k]) for k in results["plain"])
+    return {"statistics_s": times, "speedup_min": round(min(times["plain"]) / min(times["only_columns"]), 2),
+            "equal": equal, "sequences": sequences, "threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--features", default="0:1024")
@@ -106,13 +137,23 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="Folder for the model and SAE (built there unless present).")
     ap.add_argument("--keep", action="store_true", help="Keep the model and SAE.")
     ap.add_argument("--second", action="store_true", help="Then run the same sweep again on the warm cache.")
+    ap.add_argument("--new-sae-only", action="store_true",
+                    help="Keep the model's sampled reference text cached (a first sweep of a new SAE on a known model).")
+    ap.add_argument("--ablation-only", action="store_true",
+                    help="Only time the statistics with only_columns off and on, interleaved, in one process (needs"
+                         " --root of an earlier run, whose cached reference text it reads).")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "first_sweep.json"))
     args = ap.parse_args()
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="saesteer-first-sweep-"))
     if not (root / "sae" / "cfg.json").is_file():
         build(root, d_sae=args.d_sae, seed=0)
-    shutil.rmtree(root / "cache", ignore_errors=True)  # a first sweep: nothing cached
+    if args.ablation_only:
+        report = ablation(root)
+        print(json.dumps(report, indent=2))
+        return
+    # a first sweep: nothing cached (with --new-sae-only, the model's sampled reference text stays)
+    shutil.rmtree(root / "cache" / ("feature_facts" if args.new_sae_only else ""), ignore_errors=True)
     for name in ("sweep-first", "sweep-second"):
         shutil.rmtree(root / name, ignore_errors=True)
     load_before = os.getloadavg()
@@ -121,7 +162,7 @@ def main() -> None:
     if args.second:
         report["second"] = summary(run_sweep(root, root / "sweep-second", args))
     report.update({
-        "features": args.features, "d_sae": args.d_sae, "extra": args.extra,
+        "features": args.features, "d_sae": args.d_sae, "extra": args.extra, "new_sae_only": args.new_sae_only,
         "threads": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

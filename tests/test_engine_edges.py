@@ -220,6 +220,34 @@ def test_cuda_graph_capture_failure_falls_back_to_eager_static_steps(gpt2, monke
     assert graphs == [None] and got == ref
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run in a GPU session)")
+def test_cuda_graph_is_captured_and_float32_stays_exact(gpt2, monkeypatch):
+    """On a GPU (issue 17 item 4): the static step is captured as a CUDA graph and replayed, and its tokens
+    equal the reference loop's on the same GPU (TF32 off, PyTorch's default)."""
+    import copy
+
+    from saesteer.engine.fast import _Chunk
+
+    hook = "blocks.2.hook_resid_post"
+    model = copy.deepcopy(gpt2).cuda()
+    sae = make_sae(d_in=64, d_sae=256, k=8, hook_name=hook).cuda()
+    rows = [{3: 20.0}, {}, {40: -6.0}, {7: 9.0}] * 8
+    prompts = [[EOS], [EOS, 464, 3797], [EOS, 818, 6303, 262], [EOS]] * 8
+    cfg = GenerationConfig(max_new_tokens=6)
+    graphs = []
+    real_capture = _Chunk._capture
+
+    def capture(self):
+        real_capture(self)
+        graphs.append(self.graph)
+
+    monkeypatch.setattr(_Chunk, "_capture", capture)
+    got = fast.generate_ids_fast(model, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS)
+    ref = generate_ids(model, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS)
+    assert graphs and all(g is not None for g in graphs)
+    assert got == ref
+
+
 # --------------------------------------------------------------------------- every switch keeps float32 exact
 
 @pytest.mark.parametrize("switch", [dict(pack_weights=False), dict(unembed_screen=False), dict(topk_screen_stride=1),

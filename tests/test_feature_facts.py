@@ -271,5 +271,33 @@ def test_feature_facts_log_their_parts(tiny_loaded, tmp_path, caplog):
         ff.feature_facts(tiny_loaded, make_sae(d_sae=32), "blocks.6.hook_resid_post", samples=2, length=4,
                          cache_dir=tmp_path)
     said = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "saesteer.timing"]
-    assert said == ["feature facts, reference text", "feature facts, activation statistics",
-                    "feature facts, logit lens", "feature facts, tokens and words", "feature facts, computed"]
+    assert said == ["feature facts, reference text", "feature facts, hook activations",
+                    "feature facts, activation statistics", "feature facts, logit lens",
+                    "feature facts, tokens and words", "feature facts, computed"]
+
+
+def test_hook_activations_are_kept_for_the_next_sae_at_that_hook(tiny_loaded, tmp_path, monkeypatch):
+    """A first sweep of a new SAE on a known model and hook skips the model's forward; same facts."""
+    from conftest import make_sae
+
+    from saesteer.evaluation import activations
+
+    hook = "blocks.6.hook_resid_post"
+    first = ff.feature_facts(tiny_loaded, make_sae(d_sae=32), hook, samples=3, length=5, cache_dir=tmp_path)
+    assert len(list((tmp_path / "activations").glob("*.safetensors"))) == 1
+    other_sae = make_sae(d_sae=48, seed=4)
+    plain = ff.feature_facts(tiny_loaded, other_sae, hook, samples=3, length=5, cache_dir=tmp_path / "plain",
+                             cache_activations=False)
+    assert not (tmp_path / "plain" / "activations").exists()
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran again")
+
+    monkeypatch.setattr(activations, "hook_activations", boom)
+    other = ff.feature_facts(tiny_loaded, other_sae, hook, samples=3, length=5, cache_dir=tmp_path)
+    assert other.digest == plain.digest and first.digest != other.digest
+    assert all(torch.equal(other.tensors[k], plain.tensors[k]) for k in plain.tensors)
+    assert (other.max_activation > 0).any()
+    with pytest.raises(AssertionError, match="ran again"):  # another hook: its own forward
+        ff.feature_facts(tiny_loaded, make_sae(d_sae=48, seed=4, hook_name="blocks.2.hook_resid_post"),
+                         "blocks.2.hook_resid_post", samples=3, length=5, cache_dir=tmp_path)

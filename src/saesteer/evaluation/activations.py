@@ -89,14 +89,25 @@ def column_latents(sae, x: Tensor, columns: Tensor | None, *, only_columns: bool
 
 
 @torch.no_grad()
+def reference_activations(model, hook: str, tokens: Tensor, *, seqs_per_forward: int = 16) -> Tensor:
+    """Activations ``[n, T, d]`` at ``hook`` for ``tokens [n, T]``, from exactly the forward passes
+    :func:`firing_stats` runs (``seqs_per_forward`` sequences each), so its statistics are the same."""
+    return torch.cat([hook_activations(model, hook, tokens[s:s + seqs_per_forward])
+                      for s in range(0, tokens.shape[0], seqs_per_forward)])
+
+
+@torch.no_grad()
 def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[int] = (), k: int = 32,
                  seqs_per_forward: int = 16, progress: bool = False,
-                 columns: Tensor | None = None, only_columns: bool = True) -> dict[str, Tensor]:
+                 columns: Tensor | None = None, only_columns: bool = True,
+                 activations: Tensor | None = None) -> dict[str, Tensor]:
     """Each feature's ``k`` largest activations over ``tokens [n, T]`` (``example_vals``/``example_index``,
     flat indices, -1 where it fired fewer times), ``max_act`` and ``frequency``. Tokens in ``skip_ids``
     (BOS) are left out. ``columns``: only these features (rows of the result, in that order), each with
     exactly the numbers of the full pass (every column's running top-k is its own). ``only_columns``: see
-    :func:`column_latents` (False: the plain path, every latent formed, then the columns taken)."""
+    :func:`column_latents` (False: the plain path, every latent formed, then the columns taken).
+    ``activations``: the hook's activations on ``tokens`` from :func:`reference_activations` (the same
+    forward passes, run earlier); None runs them here."""
     from tqdm.auto import tqdm
 
     F = sae.d_sae if columns is None else int(columns.numel())
@@ -113,7 +124,7 @@ def firing_stats(model, sae, hook: str, tokens: Tensor, *, skip_ids: Sequence[in
     bar = tqdm(total=n, desc="feature activations", unit="seq", disable=not progress, leave=False)
     for s in range(0, n, seqs_per_forward):
         block = tokens[s:s + seqs_per_forward]
-        acts = hook_activations(model, hook, block)
+        acts = hook_activations(model, hook, block) if activations is None else activations[s:s + seqs_per_forward]
         x_all = acts.reshape(-1, acts.shape[-1])
         flat_ids = block.reshape(-1)
         keep_all = ~torch.isin(flat_ids, skip) if skip.numel() else torch.ones_like(flat_ids, dtype=torch.bool)

@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from saesteer.errors import SaesteerError
-from saesteer.evaluation.activations import firing_stats, hook_activations, logit_lens, residual_directions
+from saesteer.evaluation.activations import (firing_stats, hook_activations, logit_lens, reference_activations,
+                                             residual_directions)
 from saesteer.evaluation.facts_table import FACTS_VERSION, FactsTable, FeatureFacts, TokenScore, table_digest
 from saesteer.evaluation.fingerprint import model_fingerprint, sae_fingerprint
 from saesteer.evaluation.reference import (Reference, reference_from_text, reference_key, sample_reference,
@@ -79,6 +80,35 @@ def _cached_sample(lm, directory: Path, *, samples: int, length: int, seed: int,
             with atomic_path(path) as tmp:
                 save_file({"tokens": reference.tokens.int().contiguous()}, str(tmp))
     return reference
+
+
+ACTIVATIONS_CACHE_MAX = 1 << 30
+"""Largest hook activations on a reference text (bytes) kept in the cache (GPT-2 small: 51 MB)."""
+
+
+def _cached_activations(lm, hook: str, tokens: Tensor, directory: Path) -> Tensor | None:
+    """The hook's activations on the reference ``tokens`` (``reference_activations``), kept per (model, hook,
+    device, reference text), so that a later SAE at the same hook skips the model's forward; None where they
+    would be too large to keep (``firing_stats`` then runs the forward itself)."""
+    from safetensors.torch import load_file, save_file
+
+    p = next(lm.model.parameters())
+    d = int(getattr(lm.model.config, "hidden_size", 0) or getattr(lm.model.config, "n_embd", 0) or 0)
+    if not d or tokens.numel() * d * p.element_size() > ACTIVATIONS_CACHE_MAX:
+        return None
+    text = hashlib.sha256(tokens.long().contiguous().numpy().tobytes()).hexdigest()[:16]
+    path = directory / f"{model_fingerprint(lm.model)}-{hook}-{p.device.type}-{text}-v{FACTS_VERSION}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["activations"].to(p.device)
+        except (OSError, ValueError, KeyError):
+            pass
+    acts = reference_activations(lm.model, hook, tokens)
+    with _cache_write(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"activations": acts.contiguous().cpu()}, str(tmp))
+    return acts
 
 
 @contextlib.contextmanager
@@ -127,14 +157,15 @@ def block_rows(blocks: list[int], block: int, d_sae: int) -> Tensor:
 
 
 def _stats_and_lens(lm, sae, hook: str, tokens: Tensor, *, n_lens: int, n_examples: int, progress: bool,
-                    blocks: list[int] | None, block: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                    blocks: list[int] | None, block: int,
+                    activations: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Firing statistics and logit lens of every feature, or of ``blocks`` only (other rows empty)."""
     F = sae.d_sae
     skip = [t for t in (lm.bos_token_id,) if t is not None]
     rows = None if blocks is None else block_rows(blocks, block, F)
     with _timed("feature facts, activation statistics"):
         stats = firing_stats(lm.model, sae, hook, tokens, skip_ids=skip, k=n_examples, progress=progress,
-                             columns=rows)
+                             columns=rows, activations=activations)
     with _timed("feature facts, logit lens"):
         lens = logit_lens(lm.model, sae, hook, n=n_lens, chunk=block,
                           starts=None if blocks is None else [b * block for b in blocks])
@@ -185,16 +216,17 @@ def _firing_tokens_and_words(stats: dict[str, Tensor], flat_ids: list[int], flat
 
 def compute_facts(lm, sae, hook: str, reference: Reference, *, n_tokens: int = 16, n_words: int = 16,
                   n_lens: int = 16, n_examples: int = 32, progress: bool = False, blocks: list[int] | None = None,
-                  block: int | None = None) -> FactsTable:
+                  block: int | None = None, activations: Tensor | None = None) -> FactsTable:
     """Compute the :class:`FactsTable` of ``sae`` at ``hook`` on ``lm`` (a ``LoadedModel``) and ``reference``.
 
     ``blocks``: only the features of these blocks of ``block`` features (the first sweep of a new SAE then
     pays for the features it sweeps, not for all of them); the other rows are empty (never fired, no
-    tokens) and the computed rows equal the full table's exactly."""
+    tokens) and the computed rows equal the full table's exactly. ``activations``: the hook's activations on
+    the reference (``activations.reference_activations``), when already at hand."""
     tokens = reference.tokens
     block = block or BLOCK
     stats, lens = _stats_and_lens(lm, sae, hook, tokens, n_lens=n_lens, n_examples=n_examples, progress=progress,
-                                  blocks=blocks, block=block)
+                                  blocks=blocks, block=block, activations=activations)
     with _timed("feature facts, tokens and words"):
         fire_ids, fire_vals, words = _firing_tokens_and_words(
             stats, tokens.reshape(-1).tolist(), _reference_words(lm, tokens), n_tokens=n_tokens, n_words=n_words)
@@ -243,7 +275,7 @@ def facts_key(model, sae, hook: str, *, reference_text: str | os.PathLike | None
 def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str | os.PathLike | None = None,
                   samples: int = 256, length: int = 64, seed: int = 0, cache_dir: str | os.PathLike | None = None,
                   use_cache: bool = True, progress: bool = False, engine: str = "auto", temperature: float = 1.0,
-                  features=None, **settings) -> FactsTable:
+                  features=None, cache_activations: bool = True, **settings) -> FactsTable:
     """The :class:`FactsTable` of ``sae`` at ``hook`` on ``lm``, from the cache or computed (and cached).
 
     ``lm``: a ``LoadedModel`` or a ``Steerer`` (then ``sae``/``hook`` default to its own).
@@ -252,6 +284,8 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
     ``settings``: ``n_tokens``, ``n_words``, ``n_lens``, ``n_examples`` (see :func:`compute_facts`).
     ``features``: only the blocks of features holding these are computed (the rows of the others are
     empty); the facts of those features equal the full table's.
+    ``cache_activations``: keep the hook's activations on the reference text in the cache too, so that another
+    SAE at the same hook of the same model skips the model's forward (same facts either way).
     """
     if hasattr(lm, "lm") and hasattr(lm, "sae"):  # a Steerer
         sae = sae if sae is not None else lm.sae
@@ -280,9 +314,13 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
             reference = _cached_sample(lm, folder.parent.parent / "reference", samples=samples, length=length,
                                        seed=seed, engine=engine, progress=progress, use_cache=use_cache,
                                        temperature=temperature)
+    acts = None
+    if use_cache and cache_activations:
+        with _timed("feature facts, hook activations"):
+            acts = _cached_activations(lm, hook, reference.tokens, folder.parent.parent / "activations")
     with _timed("feature facts, computed"):
         table = compute_facts(lm, sae, hook, reference, progress=progress,
-                              blocks=feature_blocks(features, sae.d_sae), **defaults)
+                              blocks=feature_blocks(features, sae.d_sae), activations=acts, **defaults)
     table.meta["key"] = key
     if use_cache:
         with _cache_write(folder):

@@ -301,3 +301,14 @@ def test_hook_activations_are_kept_for_the_next_sae_at_that_hook(tiny_loaded, tm
     with pytest.raises(AssertionError, match="ran again"):  # another hook: its own forward
         ff.feature_facts(tiny_loaded, make_sae(d_sae=48, seed=4, hook_name="blocks.2.hook_resid_post"),
                          "blocks.2.hook_resid_post", samples=3, length=5, cache_dir=tmp_path)
+
+
+def test_activations_too_large_to_keep_are_not_cached(tiny_loaded, tmp_path, monkeypatch):
+    from conftest import make_sae
+
+    sae = make_sae(d_sae=32)
+    kept = ff.feature_facts(tiny_loaded, sae, sae.hook_name, samples=2, length=4, cache_dir=tmp_path / "a")
+    monkeypatch.setattr(ff, "ACTIVATIONS_CACHE_MAX", 2 * 5 * 64 * 4 - 1)  # one byte short of these activations
+    not_kept = ff.feature_facts(tiny_loaded, sae, sae.hook_name, samples=2, length=4, cache_dir=tmp_path / "b")
+    assert len(list((tmp_path / "a" / "activations").glob("*"))) == 1
+    assert not (tmp_path / "b" / "activations").exists() and not_kept.digest == kept.digest

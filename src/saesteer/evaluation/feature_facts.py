@@ -86,15 +86,15 @@ ACTIVATIONS_CACHE_MAX = 1 << 30
 """Largest hook activations on a reference text (bytes) kept in the cache (GPT-2 small: 51 MB)."""
 
 
-def _cached_activations(lm, hook: str, tokens: Tensor, directory: Path) -> Tensor | None:
+def _cached_activations(lm, hook: str, tokens: Tensor, directory: Path, width: int) -> Tensor | None:
     """The hook's activations on the reference ``tokens`` (``reference_activations``), kept per (model, hook,
     device, reference text), so that a later SAE at the same hook skips the model's forward; None where they
-    would be too large to keep (``firing_stats`` then runs the forward itself)."""
+    would be too large to keep (``firing_stats`` then runs the forward itself). ``width``: the hook's (the
+    SAE's ``d_in``)."""
     from safetensors.torch import load_file, save_file
 
     p = next(lm.model.parameters())
-    d = int(getattr(lm.model.config, "hidden_size", 0) or getattr(lm.model.config, "n_embd", 0) or 0)
-    if not d or tokens.numel() * d * p.element_size() > ACTIVATIONS_CACHE_MAX:
+    if tokens.numel() * width * p.element_size() > ACTIVATIONS_CACHE_MAX:
         return None
     text = hashlib.sha256(tokens.long().contiguous().numpy().tobytes()).hexdigest()[:16]
     path = directory / f"{model_fingerprint(lm.model)}-{hook}-{p.device.type}-{text}-v{FACTS_VERSION}.safetensors"
@@ -317,7 +317,8 @@ def feature_facts(lm, sae=None, hook: str | None = None, *, reference_text: str 
     acts = None
     if use_cache and cache_activations:
         with _timed("feature facts, hook activations"):
-            acts = _cached_activations(lm, hook, reference.tokens, folder.parent.parent / "activations")
+            acts = _cached_activations(lm, hook, reference.tokens, folder.parent.parent / "activations",
+                                       sae.cfg.d_in)
     with _timed("feature facts, computed"):
         table = compute_facts(lm, sae, hook, reference, progress=progress,
                               blocks=feature_blocks(features, sae.d_sae), activations=acts, **defaults)

@@ -64,7 +64,8 @@ def test_rank_against_other_features_texts_with_ties_and_unchanged_texts():
     ({"fire_hits": 2, "base_fire_hits": 0, "readback_rank": 1.0, "fluency_drop": 0.5, "repetition": 0.1}, 1, 1, 2),
     ({"fire_hits": 5, "base_fire_hits": 0, "readback_rank": 0.5}, 1, 0, 1),
     ({"fire_hits": 1, "base_fire_hits": 0, "readback_rank": 0.75}, 0.5, 0.5, 1),
-    ({"fire_hits": 6, "base_fire_hits": 2}, 0.5, 0, 0.5),                   # unsteered text already on topic
+    ({"fire_hits": 6, "base_fire_hits": 2}, 1, 0, 1),         # 4 beyond the unsteered text's 2: full credit
+    ({"fire_hits": 3, "base_fire_hits": 2}, 0.5, 0, 0.5),     # only the occurrences beyond it count
     ({"fire_hits": 2, "base_fire_hits": 0, "fluency_drop": 2.0}, 1, 0, math.exp(-1)),
     ({"fire_hits": 2, "base_fire_hits": 0, "repetition": 1.0}, 1, 0, 0),    # a loop scores nothing
     ({"fire_hits": 2, "base_fire_hits": 0, "readback_rank": 1.0, "differs": False}, 1, 1, 0),

@@ -65,7 +65,9 @@ def test_score_cases():
     assert score(0, 0) == 0.0
     assert score(1, 0) == 1.0
     assert score(5, 0) == 2.0  # capped: two occurrences meet the criterion
-    assert score(5, 1) == 1.0  # the unsteered text already on topic: at most 1
+    assert score(5, 1) == 2.0  # 4 occurrences beyond the unsteered text's 1: capped at 2
+    assert score(2, 1) == 1.0  # only the occurrences beyond the unsteered text's count
+    assert score(1, 3) == 0.0
     assert score(2, 0, repetition=1.0) == 1.0  # a loop halves it without fluency
     assert score(2, 0, fluency_drop=3.0) == pytest.approx(0.75 * 2 * math.exp(-2))
     assert score(2, 0, 5, 1) == pytest.approx(2.5)
@@ -82,6 +84,7 @@ def test_score_reaches_two_exactly_when_clear():
         assert (score(fh, bfh, lh, blh, fluency_drop=drop) >= 2) == clear, (fh, bfh, lh, blh, drop)
     assert n_clear > 0
     assert not is_clear(3, 0, None)  # fluency not measured: not decidable
+    assert is_clear(5, 3, 0.0) and not is_clear(4, 3, 0.0)   # 2 beyond the unsteered text's count
 
 
 def test_mean_logprob_matches_full_forward(tiny_gpt2):

@@ -30,7 +30,8 @@ def _result(feature=0, hits=0, base=0, drop=0.0, tokens=(5,), text="", value=1.0
     (7, 0, 0.2, True),
     (1, 0, 0.0, False),     # one occurrence is not enough
     (3, 0, 1.01, False),    # too much less fluent
-    (5, 1, 0.0, False),     # the unsteered text already has a firing word
+    (5, 1, 0.0, True),      # 4 beyond the unsteered text's 1
+    (2, 1, 0.0, False),     # only 1 beyond it
     (4, 0, None, False),    # fluency not measured: cannot be called clear
 ])
 def test_clear_criterion_on_known_values(hits, base, drop, clear):

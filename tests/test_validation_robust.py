@@ -79,7 +79,9 @@ def _metrics(hits, base=0, drop=0.0):
 
 def test_clearest_at_a_level_credits_words_already_in_the_unsteered_text():
     r = _metrics(5, base=3)
-    assert clearest([r]) is None                       # the sweep's rule: the unsteered text has them
+    assert clearest([r]) is r                          # the sweep's rule: 2 beyond the unsteered text's 3
+    assert clearest([_metrics(4, base=3)]) is None
+    assert clearest([r], math.inf) is None             # the old "clean" rule: no text can pass
     assert clearest([r], 3.0) is r                     # 2 beyond the unsteered text's 3
     assert clearest([r], 3.5) is None
     assert clearest([_metrics(5, base=3, drop=1.5)], 0.0) is None   # not fluent

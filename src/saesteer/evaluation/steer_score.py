@@ -4,9 +4,8 @@
 
 * ``evidence = words + internal`` (each in [0, 1], so evidence is in [0, 2]):
 
-  - ``words = min(gain, 2) / 2``: firing-word evidence; ``gain`` is the number of firing-word occurrences
-    when the unsteered text has none, else ``min(0.25 * (hits - unsteered hits), 1)`` (as the sweep's
-    ``score``), so 2 new occurrences, the "clear" threshold, give the full 1;
+  - ``words = min(gain, 2) / 2``: firing-word evidence; ``gain`` is the firing-word occurrences beyond the
+    unsteered text's (as the sweep's ``score``), so 2 new occurrences, the "clear" threshold, give the full 1;
   - ``internal = max(0, 2 * readback_rank - 1)``: the model-internal evidence (``evaluation.readback``):
     0 at or below the median of the null, 1 above every other feature's text; 0 where not measured;
 
@@ -40,7 +39,7 @@ def _num(x) -> float | None:
 def steer_parts(rec: dict) -> dict:
     """The terms of ``steer`` for one result (a record dict with its readback rank, if any)."""
     hits, base = int(rec.get("fire_hits", 0) or 0), int(rec.get("base_fire_hits", 0) or 0)
-    gain = float(hits) if base == 0 else min(0.25 * max(0, hits - base), 1.0)
+    gain = float(max(0, hits - base))
     words = min(gain, float(CLEAR_MIN_HITS)) / CLEAR_MIN_HITS
     rank = _num(rec.get("readback_rank"))
     internal = max(0.0, 2.0 * rank - 1.0) if rank is not None else 0.0

@@ -182,9 +182,9 @@ def score(fire_hits: int, base_fire_hits: int, lens_hits: int = 0, base_lens_hit
 
     ``score = evidence * coherence``:
 
-    * ``evidence = min(gain, 2) + 0.25 * min(lens_gain, 2)``, where ``gain`` is the number of firing-word
-      occurrences if the unsteered text has none, else ``min(0.25 * (fire_hits - base_fire_hits), 1)``
-      (steering toward a topic the unsteered text already has shows little), and ``lens_gain = max(0, lens_hits - base_lens_hits)``. Firing
+    * ``evidence = min(gain, 2) + 0.25 * min(lens_gain, 2)``, where ``gain = max(0, fire_hits -
+      base_fire_hits)`` is the firing-word occurrences beyond the unsteered text's, and
+      ``lens_gain = max(0, lens_hits - base_lens_hits)``. Firing
       words are the evidence; logit-lens tokens only break ties (at most 0.5, so they never lift one
       word to two).
     * ``coherence``: with fluency measured, 1 if the fluency drop is at most 1 nat/token, else
@@ -193,10 +193,7 @@ def score(fire_hits: int, base_fire_hits: int, lens_hits: int = 0, base_lens_hit
 
     With fluency measured, ``score >= 2`` holds exactly when :func:`is_clear` does.
     """
-    if base_fire_hits == 0:
-        gain = float(fire_hits)
-    else:
-        gain = min(0.25 * max(0, fire_hits - base_fire_hits), 1.0)
+    gain = float(max(0, fire_hits - base_fire_hits))
     evidence = min(gain, float(CLEAR_MIN_HITS)) + 0.25 * min(max(0, lens_hits - base_lens_hits), 2)
     if fluency_drop is not None and not math.isnan(fluency_drop):
         coherence = 1.0 if fluency_drop <= CLEAR_MAX_FLUENCY_DROP else 0.75 * math.exp(-(fluency_drop - CLEAR_MAX_FLUENCY_DROP))
@@ -206,10 +203,11 @@ def score(fire_hits: int, base_fire_hits: int, lens_hits: int = 0, base_lens_hit
 
 
 def is_clear(fire_hits: int, base_fire_hits: int, fluency_drop: float | None) -> bool:
-    """The criterion the score predicts: the continuation has >= 2 firing-word occurrences (function words
-    removed), the unsteered text none, and its fluency is at most 1 nat/token below the unsteered text's.
-    A feature is clear when some value gives a clear continuation."""
-    return (fire_hits >= CLEAR_MIN_HITS and base_fire_hits == 0 and fluency_drop is not None
+    """The criterion the score predicts: the continuation has at least 2 more firing-word occurrences
+    (function words removed) than the unsteered text, and its fluency is at most 1 nat/token below the
+    unsteered text's. A feature is clear when some value gives a clear continuation. (Before issue 16's
+    second round the unsteered text had to hold none: ``validation.criterion.word_levels``' ``clean`` rule.)"""
+    return (fire_hits - base_fire_hits >= CLEAR_MIN_HITS and fluency_drop is not None
             and fluency_drop <= CLEAR_MAX_FLUENCY_DROP)
 
 

@@ -3,7 +3,8 @@
 ``rescore(out_dir, word_rule=...)`` reads ``sweeps.json.gz`` (``validation.stored``), the feature facts and
 ``report.json`` of a ``saesteer validate --out`` folder and returns the nulls and the top-20 cross-checks
 exactly as :func:`~saesteer.validation.validate` computes them (``measures.measure_prompts``), under another
-firing-word rule if asked: a change of criterion is measured on the same texts.
+firing-word rule if asked: a change of criterion is measured on the same texts. The scores (``score``,
+``steer``, readback ranks) are computed again from the stored measures, with the formulas of this version.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from pathlib import Path
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
+from saesteer.evaluation.text_metrics import score
 from saesteer.sweep.rank import annotate
 from saesteer.validation.criterion import WORD_RULE
 from saesteer.validation.measures import measure_prompts
 from saesteer.validation.stored import load_sweeps
+
+
+def _scored(records: list[dict]) -> list[dict]:
+    """The records with their firing-word ``score`` computed again (``text_metrics.score``, as it is now)."""
+    return [{**r, "score": score(r.get("fire_hits", 0), r.get("base_fire_hits", 0), r.get("lens_hits", 0),
+                                 r.get("base_lens_hits", 0), repetition=r.get("repetition") or 0.0,
+                                 fluency_drop=r.get("fluency_drop"))} for r in records]
 
 
 def rescore(out_dir: str | Path, *, word_rule: str = WORD_RULE, permutations: int | None = None,
@@ -31,7 +40,7 @@ def rescore(out_dir: str | Path, *, word_rule: str = WORD_RULE, permutations: in
     data = load_sweeps(out_dir)
     facts = FactsTable.load(out_dir / "facts")
     cfg = report["config"]
-    annotated = {lbl: [annotate(recs) for recs in p["sweeps"]] for lbl, p in data["prompts"].items()}
+    annotated = {lbl: [annotate(_scored(recs)) for recs in p["sweeps"]] for lbl, p in data["prompts"].items()}
     baselines = {lbl: p["baseline"]["text"] for lbl, p in data["prompts"].items()}
     nulls, cross, _ = measure_prompts(annotated, baselines, facts, data["expected_hits"], report["n_features"],
                                       word_rule=word_rule,

@@ -266,3 +266,18 @@ def test_every_fast_option_gives_the_reference_tokens_in_float32(gpt2, switch):
     got = fast.generate_ids_fast(gpt2, prompts, cfg, edits=[(hook, SAEClamp(sae, rows=rows))], pad_token_id=EOS,
                                  options=FastOptions(**switch))
     assert got == ref
+
+
+def test_greedy_without_the_screen_takes_the_argmax_per_row_block(gpt2):
+    """float32 greedy without the logit screen (machines without fast bfloat16, or switched off) takes each
+    row block's argmax: the same tokens as the argmax of the whole logits, over several blocks."""
+    from saesteer.engine.options import FastOptions
+    from saesteer.engine.token_choice import greedy_f32, row_block
+
+    dec = fast.decoder_for(gpt2, torch.float32, FastOptions(unembed_screen=False))
+    assert dec.unembed_screen is None
+    rows = 2 * row_block(dec.device) + 37
+    h = torch.randn(rows, 64, generator=torch.Generator().manual_seed(2))
+    h[5] = 0.0  # every logit tied: the first token, both ways
+    want = dec.full_unembed()(h).argmax(dim=-1)
+    assert torch.equal(greedy_f32(dec, h), want) and int(want[5]) == 0

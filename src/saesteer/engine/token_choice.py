@@ -81,7 +81,8 @@ def greedy_f32(dec: Decoder, h: Tensor, stats: ScreenStats | None = None) -> Ten
     """
     screen = dec.unembed_screen
     if screen is None or h.shape[0] == 0 or (stats is not None and not stats.worth_it):
-        return blocked(dec.full_unembed(), h, row_block(dec.device)).argmax(dim=-1)
+        head = dec.full_unembed()  # argmax per row block: the logits never leave the cache as one tensor
+        return blocked(lambda hb: head(hb).argmax(dim=-1), h, row_block(dec.device))
     c = SCREEN_CANDIDATES
 
     def screened(hb: Tensor) -> Tensor:

@@ -123,6 +123,7 @@ def test_validation_on_another_family_with_a_short_context(neox_dir, tmp_path):
     opening = v.prompts[1].prompt
     assert opening and "<|endoftext|>" not in opening                    # the model's own words, no special token
     assert (tmp_path / "sweeps.json.gz").is_file()
+    assert "rule here: <code>excess</code>" in (tmp_path / "report.html").read_text()
     again = rescore(tmp_path)
     for lbl, tests in v.nulls.items():
         for t, d in tests.items():

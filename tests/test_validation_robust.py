@@ -132,3 +132,24 @@ def test_validation_on_another_family_with_a_short_context(neox_dir, tmp_path):
     clean, excess = rescore(tmp_path, word_rule="clean"), rescore(tmp_path, word_rule="excess")
     for lbl in v.nulls:   # "excess" credits every text "clean" does, and more
         assert clean["nulls"][lbl]["words"]["observed"] <= excess["nulls"][lbl]["words"]["observed"]
+
+
+def test_validate_json_names_the_prompt_and_rule(neox_dir, tmp_path, capsys, monkeypatch):
+    import functools
+
+    from saesteer.cli import train_commands
+    from saesteer.cli.main import run
+    from saesteer.validation import validate
+
+    # the command as it is, with fewer held-out tokens and permutations than the full-size defaults
+    monkeypatch.setattr(train_commands, "run_validation", functools.partial(validate, eval_tokens=256,
+                                                                            permutations=19))
+
+    args = ["validate", "--model", str(neox_dir), "--latents", "16", "--k", "2", "--tokens", "600",
+            "--reference-samples", "8", "--max-new-tokens", "4", "--features", "6", "--quiet", "--json",
+            "--out", str(tmp_path / "v")]
+    assert run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["word_rule"] == "excess" and out["hook"] == "blocks.2.hook_resid_post"
+    assert out["prompts"]["bos"] is None and out["prompts"]["prompt"]
+    assert set(out["nulls"]) == {"bos", "prompt", "every_prompt"}

@@ -127,8 +127,9 @@ def validate(model, hook, latents, k, tokens, epochs, seed, prompt, values, rela
         keys = REPORT_KEYS + ("top20_score_hits_no_fluency", "chance_bos", "chance_prompt", "chance_both", "cross")
         nulls = {lbl: {t: {k: x for k, x in d.items() if k != "features"} for t, d in tests.items()}
                  for lbl, tests in v.nulls.items()}
-        click.echo(json.dumps({key: getattr(v, key) for key in keys} | {"nulls": nulls, "timings": v.timings},
-                              indent=2))
+        click.echo(json.dumps({key: getattr(v, key) for key in keys} | {
+            "nulls": nulls, "timings": v.timings, "model": v.model, "hook": v.hook,
+            "prompts": {p.label: p.prompt for p in v.prompts}, "word_rule": v.config.get("word_rule")}, indent=2))
         return
     click.echo(f"SAE at {v.hook}: variance explained {v.variance_explained:.4f}, L0 {v.l0:.2f}, "
                f"dead {100 * v.dead_fraction:.2f}%")

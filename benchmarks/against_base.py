@@ -19,44 +19,21 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from sweep_speed import Contender  # this folder is on sys.path when run as a script
+
 HERE = Path(__file__).resolve().parent
 
 
-class Served:
-    """Contender (c) served by one tree's ``sweep_speed.py --serve``."""
-
-    def __init__(self, tree: Path, args, log: Path):
-        cmd = [sys.executable, str(tree / "benchmarks" / "sweep_speed.py"), "--worker", "c", "--serve",
-               "--features", str(args.features), "--threads", str(args.threads)]
-        env = dict(os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1")
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"),
-                                     text=True, env=env)
-        self.seconds: list[float] = []
-        self.tokens = None
-
-    def request(self, command: str | None = None) -> dict:
-        if command is not None:
-            self.proc.stdin.write(command + "\n")
-            self.proc.stdin.flush()
-        for line in self.proc.stdout:
-            if line.startswith("@@RESULT "):
-                return json.loads(line[len("@@RESULT "):])
-        raise SystemExit(f"the worker failed:\n{self.log.read_text()[-4000:]}")
-
-    def run(self) -> None:
-        r = self.request("run")
-        self.seconds.append(r["seconds"])
-        self.tokens = r["tokens"]
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=120)
+def served_by(name: str, tree: Path, args, logs: Path) -> Contender:
+    """Contender (c) served by ``tree``'s own ``sweep_speed.py`` (its ``src`` first on ``PYTHONPATH``)."""
+    cmd = [sys.executable, str(tree / "benchmarks" / "sweep_speed.py"), "--worker", "c",
+           "--features", str(args.features), "--threads", str(args.threads)]
+    env = dict(os.environ, PYTHONPATH=str(tree / "src"), HF_HUB_OFFLINE="1")
+    return Contender(f"against_base_{name}", args, logs, cmd=cmd, env=env)
 
 
 def rates(seconds: list[float], features: int) -> dict:
@@ -80,7 +57,7 @@ def main() -> None:
     logs.mkdir(parents=True, exist_ok=True)
     served = {}
     for name, tree in trees.items():  # set up one after the other (untimed), then both wait
-        served[name] = Served(tree, args, logs / f"against_base_{name}.log")
+        served[name] = served_by(name, tree, args, logs)
         served[name].request()
     load_before = os.getloadavg()
     t0 = time.time()
@@ -90,7 +67,7 @@ def main() -> None:
     load_after = os.getloadavg()
     for s in served.values():
         s.close()
-    report = {name: rates(s.seconds, args.features) for name, s in served.items()}
+    report = {name: rates(s.times, args.features) for name, s in served.items()}
     report.update({
         "new_over_base_min": round(report["new"]["min_features_per_s"] / report["base"]["min_features_per_s"], 3),
         "new_over_base_median": round(report["new"]["median_features_per_s"]

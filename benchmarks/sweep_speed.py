@@ -521,15 +521,22 @@ def spawn(name: str, args, tmp: Path) -> dict:
 
 
 class Contender:
-    """A contender's serving process (see ``serve``)."""
+    """A contender's serving process (see ``serve``); ``cmd``/``env`` serve it from another source tree
+    (``against_base.py``)."""
 
-    def __init__(self, name: str, args, tmp: Path):
+    def __init__(self, name: str, args, tmp: Path, *, cmd: list[str] | None = None, env: dict | None = None):
         self.name = name
         self.log = tmp / f"{name}.log"
-        self.proc = subprocess.Popen(_worker_cmd(name, args) + ["--serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True)
+        self.proc = subprocess.Popen((cmd or _worker_cmd(name, args)) + ["--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(self.log, "w"), text=True, env=env)
         self.times: list[float] = []
         self.tokens = None
+
+    def run(self) -> None:
+        """One timed pass: its seconds and tokens are kept."""
+        r = self.request("run")
+        self.times.append(r["seconds"])
+        self.tokens = r["tokens"]
 
     def request(self, command: str | None = None) -> dict:
         if command is not None:
@@ -650,9 +657,7 @@ def main(argv=None) -> int:
             print(f"  set up {', '.join(names)}; timing {args.repeats} interleaved round(s)", flush=True)
             for round_ in range(max(1, args.repeats)):
                 for c in contenders:
-                    r = c.request("run")
-                    c.times.append(r["seconds"])
-                    c.tokens = r["tokens"]
+                    c.run()
                 print("  round %d: %s" % (round_ + 1, ", ".join(f"{c.name} {c.times[-1]:.1f} s" for c in contenders)),
                       flush=True)
             for c in contenders:

@@ -328,14 +328,7 @@ function highlighter(q) {
 
 function textCell(text, re) {
   const td = el("td", { cls: "text" });
-  if (!re) { td.textContent = text; return td; }
-  let last = 0;
-  for (const m of text.matchAll(re)) {
-    if (m.index > last) td.append(text.slice(last, m.index));
-    td.append(el("mark", { text: m[0] }));
-    last = m.index + m[0].length;
-  }
-  td.append(text.slice(last));
+  td.append(...highlighted(text, re));
   return td;
 }
 

@@ -4,7 +4,8 @@ Each has grouped-query attention where the family allows it, the real GPT-2 voca
 GPT-2 tokenizer can drive it from the CLI), and enlarged weights so greedy continuations vary. Gemma 2
 has its logit soft-capping (attention and output) and a sliding window shorter than the test prompts;
 Gemma 3 has its local/global layers with two RoPE bases and q/k norms. GPT-NeoX comes in its parallel
-(Pythia) and sequential forms. Phi-3 has its fused qkv and gate/up projections.
+(Pythia) and sequential forms. Phi-3 has its fused qkv and gate/up projections. GPT-Neo (TinyStories) has its
+global/local layers (window 4), no attention scaling, and a 4 x wide MLP (TransformerLens assumes that width).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import torch
 VOCAB = 50257
 BOS = EOS = 50256
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_mm", "neox", "neox_seq", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_mm", "neox", "neox_seq", "phi3",
+            "gpt_neo")
+
+D_MLP = {"gpt_neo": 128}
+"""Width of ``mlp.hook_post`` where it is not 64."""
 
 
 def _config(family: str, **overrides):
@@ -39,6 +44,11 @@ def _config(family: str, **overrides):
                                         rope_parameters=dict(rope, partial_rotary_factor=0.25))),
         "phi3": (tf.Phi3Config, dict(untied, sliding_window=4)),
     }
+    if family == "gpt_neo":
+        return tf.GPTNeoConfig(**{**dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4,
+                                         attention_types=[[["global", "local"], 2]], window_size=4,
+                                         max_position_embeddings=128, bos_token_id=BOS, eos_token_id=EOS),
+                                  **overrides})
     if family == "neox_seq":
         return _config("neox", use_parallel_residual=False, **overrides)
     if family == "gemma3_mm":  # Gemma3ForConditionalGeneration (4B and up): the text decoder is model.language_model

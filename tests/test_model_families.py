@@ -4,7 +4,7 @@ the logit lens, and that the tiny configs exercise the features the oracle tests
 import pytest
 import torch
 
-from _tiny_models import FAMILIES, make_tiny
+from _tiny_models import D_MLP, FAMILIES, make_tiny
 from saesteer.errors import SaesteerError
 from saesteer.models.families import architecture_of, is_parallel
 from saesteer.models.hook_sites import hook_site, site_width, unembed_directions
@@ -40,7 +40,7 @@ def test_sites_add_up_to_the_residual_stream(family_model):
             mid = rec[f"blocks.{layer}.hook_resid_mid"]
             torch.testing.assert_close(mid, pre + attn, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(post, mid + mlp, atol=1e-5, rtol=1e-5)
-        assert rec[f"blocks.{layer}.mlp.hook_post"].shape == (1, IDS.shape[1], 64)
+        assert rec[f"blocks.{layer}.mlp.hook_post"].shape == (1, IDS.shape[1], D_MLP.get(family, 64))
 
 
 def test_every_site_edits_downstream_and_hooks_are_removed(family_model):
@@ -63,10 +63,10 @@ def test_every_site_edits_downstream_and_hooks_are_removed(family_model):
 
 
 def test_site_widths(family_model):
-    _, model = family_model
+    family, model = family_model
     assert site_width(model, "blocks.0.hook_resid_post") == 32
     assert site_width(model, "blocks.3.hook_attn_out") == 32
-    assert site_width(model, "blocks.0.mlp.hook_post") == 64
+    assert site_width(model, "blocks.0.mlp.hook_post") == D_MLP.get(family, 64)
     with pytest.raises(SaesteerError, match="layers 0..3"):
         hook_site(model, "blocks.4.hook_resid_post")
 
@@ -108,6 +108,7 @@ def test_unknown_family_is_refused_in_one_line():
     ("gemma2", {"sliding_window": 64}), ("gemma2", {"attn_logit_softcapping": None}),
     ("gemma2", {"final_logit_softcapping": None}), ("gemma3", {"sliding_window": 64}),
     ("gemma3", {"query_pre_attn_scalar": 16}), ("mistral", {"sliding_window": 64}), ("phi3", {"sliding_window": 64}),
+    ("gpt_neo", {"window_size": 64}),
 ])
 def test_tiny_configs_exercise_the_family_features(family, change, one_thread):
     """The oracle tests compare on a 10-token prompt: each feature (window 4, soft caps, attention scale) must

@@ -93,7 +93,7 @@ def test_stories260k_llama_matches_transformer_lens(stories_path):
 
 # --------------------------------------------------------------------------- every family, tiny random weights
 
-TL_FROM_HF_CONFIG = ("llama", "mistral", "qwen2", "qwen3", "phi3", "neox", "neox_seq")
+TL_FROM_HF_CONFIG = ("llama", "mistral", "qwen2", "qwen3", "phi3", "neox", "neox_seq", "gpt_neo")
 """TransformerLens converts these families' HF config itself (from a local model directory)."""
 GEMMAS = ("gemma", "gemma2", "gemma3", "gemma3_mm")
 """TransformerLens hard-codes Gemma configs per checkpoint name: the config is written here from the HF config
@@ -159,7 +159,7 @@ def test_tiny_family_matches_transformer_lens(family, tmp_path, one_thread):
 
     model = make_tiny(family)
     tl_model = tl_gemma(model) if family in GEMMAS else tl_from_directory(model, tmp_path / "hf")
-    # Ten tokens: longer than the sliding windows (4) of Mistral, Phi-3 and Gemma 2/3's local layers.
+    # Ten tokens: longer than the sliding windows (4) of Mistral, Phi-3, GPT-Neo and Gemma 2/3's local layers.
     ids = torch.tensor([[50256, 39, 4266, 318, 257, 922, 11, 290, 612, 837]])
     sites = [s for s in SITES if not (s == "hook_resid_mid" and is_parallel(model))]
     assert len(sites) == (5 if family == "neox" else 6)

@@ -71,6 +71,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma3_text": GEMMA2_LIKE,
     "gemma3": GEMMA3_MULTIMODAL,  # Gemma3ForConditionalGeneration: its text decoder only
     "gpt_neox": GPT_NEOX,
+    "gpt_neo": GPT2,  # GPT-Neo (TinyStories): GPT-2's module names; nn.Linear projections, local layers
 }
 """``config.model_type`` -> module paths. Each entry is checked against TransformerLens 3.9 in the tests."""
 

@@ -137,3 +137,29 @@ def test_teacher_forced_scores_run_on_every_family(family_model):
     sae = make_sae(d_in=32, d_sae=64, k=4, hook_name="blocks.1.hook_resid_post", seed=2)
     kl = next_token_kl(wrap_model(model), sae, "blocks.1.hook_resid_post", prompt, conts, [{3: 8.0}, []])
     assert kl[0][0] > 0 and kl[1] == [0.0]
+
+
+def test_start_token_without_a_bos(tmp_path, one_thread):
+    """A tokenizer without BOS (Qwen 2 and 2.5): the start token is the config's BOS, else end-of-text; with
+    neither, only an explicit prompt without BOS works."""
+    from conftest import make_gpt2_tokenizer
+    from saesteer.evaluation.reference import sample_reference
+    from saesteer.models.loading import load_model, wrap_model
+
+    tokenizer = make_gpt2_tokenizer()
+    tokenizer.bos_token = None
+    assert tokenizer.bos_token_id is None and tokenizer.eos_token_id == 50256
+    assert wrap_model(make_tiny("qwen2", bos_token_id=7), tokenizer).bos_token_id == 7
+    model = make_tiny("qwen2", bos_token_id=None)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    lm = load_model(str(tmp_path / "m"))
+    assert lm.tokenizer.bos_token_id is None and lm.model.config.bos_token_id is None
+    assert lm.bos_token_id == 50256 and lm.encode("Hi there") == [50256, 17250, 612]
+    assert sample_reference(lm, samples=2, length=3).tokens[:, 0].tolist() == [50256, 50256]
+    tokenizer.eos_token = None
+    bare = wrap_model(make_tiny("qwen2", bos_token_id=None, eos_token_id=None), tokenizer)
+    assert bare.bos_token_id is None
+    with pytest.raises(SaesteerError, match="no BOS or end-of-text token") as err:
+        bare.encode("Hi there")
+    assert "\n" not in str(err.value) and bare.encode("Hi there", prepend_bos=False) == [17250, 612]

@@ -43,7 +43,8 @@ def reference_from_text(lm, text: str, *, length: int = 64, source: str = "text"
     if not ids:
         raise SaesteerError("the reference text is empty; pass a file with some text in it")
     if lm.bos_token_id is None:
-        raise SaesteerError("the model has no BOS token, which reference chunks start with")
+        raise SaesteerError("the model has no start token (neither BOS nor end-of-text), which reference chunks"
+                            " start with")
     length = min(length, len(ids))
     n = len(ids) // length
     rows = [[lm.bos_token_id] + ids[i * length:(i + 1) * length] for i in range(n)]
@@ -62,7 +63,7 @@ def sample_reference(lm, *, samples: int = 256, length: int = 64, seed: int = 0,
     """``samples`` sequences of ``length`` tokens that the model samples from BOS (at ``temperature``,
     seeded; ``stop_at_eos`` off, so all have the same length)."""
     if lm.bos_token_id is None:
-        raise SaesteerError("the model has no BOS token to sample reference text from")
+        raise SaesteerError("the model has no start token (neither BOS nor end-of-text) to sample reference text from")
     rows: list[list[int]] = []
     bar = tqdm(total=samples, desc="sampling reference text", unit="seq", disable=not progress, leave=False)
     for c, start in enumerate(range(0, samples, SAMPLE_CHUNK)):

@@ -85,7 +85,8 @@ class LoadedModel:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
         if prepend_bos:
             if self.bos_token_id is None:
-                raise SaesteerError("this model has no BOS token; pass prepend_bos=False or a prompt")
+                raise SaesteerError("this model has no BOS or end-of-text token to start from; pass"
+                                    " prepend_bos=False (--no-bos) and a prompt")
             ids = [self.bos_token_id] + ids
         if not ids:
             raise SaesteerError("the prompt is empty and BOS is turned off: nothing to generate from")
@@ -122,16 +123,24 @@ def _first_id(value) -> int | None:
     return None if value is None else int(value)
 
 
+def _token_id(tokenizer, config, attr: str) -> int | None:
+    """The tokenizer's ``attr`` (``bos_token_id``...), else the model config's."""
+    found = _first_id(getattr(tokenizer, attr, None) if tokenizer is not None else None)
+    return found if found is not None else _first_id(getattr(config, attr, None))
+
+
 def wrap_model(model: nn.Module, tokenizer=None, *, name: str | None = None) -> LoadedModel:
-    """Use a model object the user already holds (any HF causal LM with a known hook-site mapping)."""
+    """Use a model object the user already holds (any HF causal LM with a known hook-site mapping).
+
+    The start token (``bos_token_id``) is the tokenizer's BOS, else the model config's, else the end-of-text
+    token (the tokenizer's EOS, else the config's): models without a BOS (Qwen 2 and 2.5) separate their
+    training documents with it. Only a model with neither has no start token."""
     model.eval()
     config = getattr(model, "config", None)
-    bos = _first_id(getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None)
+    eos = _token_id(tokenizer, config, "eos_token_id")
+    bos = _token_id(tokenizer, config, "bos_token_id")
     if bos is None:
-        bos = _first_id(getattr(config, "bos_token_id", None))
-    eos = _first_id(getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None)
-    if eos is None:
-        eos = _first_id(getattr(config, "eos_token_id", None))
+        bos = eos
     pad = _first_id(getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None)
     if pad is None:
         pad = eos if eos is not None else (bos if bos is not None else 0)

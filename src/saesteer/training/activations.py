@@ -129,7 +129,8 @@ def sample_activations(
     if not temperature > 0:
         raise SaesteerError(f"sampling activations needs a temperature above 0, got {temperature}")
     if lm.bos_token_id is None:
-        raise SaesteerError("this model has no BOS token to start sampling from; use text_activations()")
+        raise SaesteerError("this model has no start token (neither BOS nor end-of-text) to sample from; use"
+                            " text_activations()")
     max_pos = getattr(getattr(module, "config", None), "max_position_embeddings", None)
     if max_pos is not None and seq_len > max_pos:
         raise SaesteerError(f"seq_len {seq_len} exceeds the model's {max_pos} positions")

@@ -5,7 +5,8 @@ GPT-2 tokenizer can drive it from the CLI), and enlarged weights so greedy conti
 has its logit soft-capping (attention and output) and a sliding window shorter than the test prompts;
 Gemma 3 has its local/global layers with two RoPE bases and q/k norms. GPT-NeoX comes in its parallel
 (Pythia) and sequential forms. Phi-3 has its fused qkv and gate/up projections. GPT-Neo (TinyStories) has its
-global/local layers (window 4), no attention scaling, and a 4 x wide MLP (TransformerLens assumes that width).
+global/local layers (window 4), no attention scaling, and a 4 x wide MLP (TransformerLens assumes that width);
+GPT-J (4 x wide too) and Phi-1/2 their parallel blocks, partial rotary embeddings and unembedding biases.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ VOCAB = 50257
 BOS = EOS = 50256
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_mm", "neox", "neox_seq", "phi3",
-            "gpt_neo")
+            "gpt_neo", "gptj", "phi")
 
-D_MLP = {"gpt_neo": 128}
+D_MLP = {"gpt_neo": 128, "gptj": 128}
 """Width of ``mlp.hook_post`` where it is not 64."""
 
 
@@ -43,12 +44,16 @@ def _config(family: str, **overrides):
         "neox": (tf.GPTNeoXConfig, dict(untied, num_key_value_heads=None, use_parallel_residual=True,
                                         rope_parameters=dict(rope, partial_rotary_factor=0.25))),
         "phi3": (tf.Phi3Config, dict(untied, sliding_window=4)),
+        "phi": (tf.PhiConfig, dict(untied, num_key_value_heads=None, partial_rotary_factor=0.5)),
     }
     if family == "gpt_neo":
         return tf.GPTNeoConfig(**{**dict(vocab_size=VOCAB, hidden_size=32, num_layers=4, num_heads=4,
                                          attention_types=[[["global", "local"], 2]], window_size=4,
                                          max_position_embeddings=128, bos_token_id=BOS, eos_token_id=EOS),
                                   **overrides})
+    if family == "gptj":  # parallel attention and MLP, rotary on 4 of 8 head dimensions (adjacent pairs)
+        return tf.GPTJConfig(**{**dict(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, rotary_dim=4, n_positions=128,
+                                       bos_token_id=BOS, eos_token_id=EOS, tie_word_embeddings=False), **overrides})
     if family == "neox_seq":
         return _config("neox", use_parallel_residual=False, **overrides)
     if family == "gemma3_mm":  # Gemma3ForConditionalGeneration (4B and up): the text decoder is model.language_model

@@ -54,7 +54,7 @@ def test_families_without_a_fast_decoder_take_the_reference_loop(family, sae, on
 # --------------------------------------------------------------------------- the CLI, against an independent reference
 
 LAYERS = {"neox": "gpt_neox.layers", "neox_seq": "gpt_neox.layers", "gemma3_mm": "model.language_model.layers",
-          "gpt_neo": "transformer.h"}
+          "gpt_neo": "transformer.h", "gptj": "transformer.h"}
 """Decoder layers by family, written out here (not taken from saesteer's table) for the reference."""
 
 

@@ -93,7 +93,7 @@ def test_stories260k_llama_matches_transformer_lens(stories_path):
 
 # --------------------------------------------------------------------------- every family, tiny random weights
 
-TL_FROM_HF_CONFIG = ("llama", "mistral", "qwen2", "qwen3", "phi3", "neox", "neox_seq", "gpt_neo")
+TL_FROM_HF_CONFIG = ("llama", "mistral", "qwen2", "qwen3", "phi3", "neox", "neox_seq", "gpt_neo", "gptj")
 """TransformerLens converts these families' HF config itself (from a local model directory)."""
 GEMMAS = ("gemma", "gemma2", "gemma3", "gemma3_mm")
 """TransformerLens hard-codes Gemma configs per checkpoint name: the config is written here from the HF config
@@ -151,16 +151,47 @@ def tl_gemma(hf_model):
     return model.eval()
 
 
-@pytest.mark.parametrize("family", TL_FROM_HF_CONFIG + GEMMAS)
+def tl_phi(hf_model):
+    """A HookedTransformer for a HF Phi-1/1.5/2: TransformerLens's own ``PhiForCausalLM`` config entry, written
+    here because it reads ``partial_rotary_factor`` where transformers 5 no longer keeps it; its weight
+    converter."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_phi_weights
+
+    c = hf_model.config
+    d_head = c.hidden_size // c.num_attention_heads
+    cfg = HookedTransformerConfig(
+        d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.layer_norm_eps, d_vocab=c.vocab_size,
+        act_fn=c.hidden_act, normalization_type="LN", positional_embedding_type="rotary",
+        rotary_base=c.rope_parameters["rope_theta"], use_attn_scale=True, parallel_attn_mlp=True,
+        rotary_dim=round(c.rope_parameters["partial_rotary_factor"] * d_head), original_architecture="PhiForCausalLM",
+        dtype=torch.float32, device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = HookedTransformer(cfg)
+        model.load_and_process_state_dict(convert_phi_weights(hf_model, cfg), fold_ln=False,
+                                          center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    return model.eval()
+
+
+HAND_WRITTEN = {"phi": tl_phi}
+
+
+@pytest.mark.parametrize("family", TL_FROM_HF_CONFIG + GEMMAS + tuple(HAND_WRITTEN))
 def test_tiny_family_matches_transformer_lens(family, tmp_path, one_thread):
     from _tiny_models import make_tiny
 
     from saesteer.models.families import is_parallel
 
     model = make_tiny(family)
-    tl_model = tl_gemma(model) if family in GEMMAS else tl_from_directory(model, tmp_path / "hf")
+    if family in HAND_WRITTEN:
+        tl_model = HAND_WRITTEN[family](model)
+    else:
+        tl_model = tl_gemma(model) if family in GEMMAS else tl_from_directory(model, tmp_path / "hf")
     # Ten tokens: longer than the sliding windows (4) of Mistral, Phi-3, GPT-Neo and Gemma 2/3's local layers.
     ids = torch.tensor([[50256, 39, 4266, 318, 257, 922, 11, 290, 612, 837]])
     sites = [s for s in SITES if not (s == "hook_resid_mid" and is_parallel(model))]
-    assert len(sites) == (5 if family == "neox" else 6)
+    assert len(sites) == (5 if family in ("neox", "gptj", "phi") else 6)  # parallel blocks: no resid_mid
     compare(model, tl_model, ids, layers=range(4), atol=2e-5, sites=sites)

@@ -36,6 +36,8 @@ class Architecture:
     parallel_flag: str | None = None
     """Config attribute that, when true, makes attention and MLP both read ``hook_resid_pre`` and write
     ``hook_resid_post`` (GPT-NeoX's ``use_parallel_residual``): no ``hook_resid_mid`` exists then."""
+    parallel: bool = False
+    """Attention and MLP always run side by side (GPT-J, Phi-1/1.5/2)."""
 
     @property
     def attn_out_module(self) -> str:
@@ -56,6 +58,8 @@ GEMMA2_LIKE = Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj", 
 GEMMA3_MULTIMODAL = Architecture("model.language_model.layers", "self_attn", "mlp", "mlp.down_proj",
                                  "model.language_model.norm", "lm_head", attn_out="post_attention_layernorm",
                                  mlp_out="post_feedforward_layernorm", norm_gain_offset=1.0)
+GPTJ = Architecture("transformer.h", "attn", "mlp", "mlp.fc_out", "transformer.ln_f", "lm_head", parallel=True)
+PHI = Architecture("model.layers", "self_attn", "mlp", "mlp.fc2", "model.final_layernorm", "lm_head", parallel=True)
 GPT_NEOX = Architecture("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm",
                         "lm_head", parallel_flag="use_parallel_residual")
 
@@ -72,6 +76,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma3": GEMMA3_MULTIMODAL,  # Gemma3ForConditionalGeneration: its text decoder only
     "gpt_neox": GPT_NEOX,
     "gpt_neo": GPT2,  # GPT-Neo (TinyStories): GPT-2's module names; nn.Linear projections, local layers
+    "gptj": GPTJ,
+    "phi": PHI,  # Phi-1, 1.5 and 2 (Phi-3 is "phi3")
 }
 """``config.model_type`` -> module paths. Each entry is checked against TransformerLens 3.9 in the tests."""
 
@@ -89,5 +95,5 @@ def architecture_of(model: nn.Module) -> Architecture:
 
 def is_parallel(model: nn.Module) -> bool:
     """Whether attention and MLP run side by side on the block's input (then there is no resid_mid)."""
-    flag = architecture_of(model).parallel_flag
-    return bool(flag and getattr(model.config, flag, False))
+    arch = architecture_of(model)
+    return arch.parallel or bool(arch.parallel_flag and getattr(model.config, arch.parallel_flag, False))

@@ -94,6 +94,22 @@ def test_non_finite_outputs_are_refused_not_returned(tiny_loaded, tiny_sae, engi
     assert len(ok.tokens) == 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_finite_check_refuses_any_inf_or_nan_and_only_those(dtype):
+    """The check sums first: one inf or NaN anywhere is still refused, and finite values whose sum overflows
+    are not."""
+    from saesteer.engine.generate import check_finite
+
+    big = torch.finfo(dtype).max
+    check_finite(torch.full((3, 50257), big / 2, dtype=dtype), 0)  # the sum is inf, every value finite
+    check_finite(torch.randn(3, 50257).to(dtype), 0)
+    for bad in (math.inf, -math.inf, math.nan):
+        values = torch.randn(3, 50257).to(dtype)
+        values[2, 40000] = bad
+        with pytest.raises(SaesteerError, match="infinite or NaN at new token 5"):
+            check_finite(values, 4)
+
+
 def test_a_clamp_within_the_rule_that_still_overflows_is_refused(tiny_loaded):
     """An SAE whose decoder rows are huge (1e35) turns the legal value 1e5 into an inf activation: the engines
     refuse the generation instead of returning token 0 over and over."""

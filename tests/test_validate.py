@@ -129,6 +129,29 @@ def test_pipeline_on_a_gpt2_directory(tiny_model_dir, tmp_path):
     assert all(key in report for key in REPORT_KEYS)
 
 
+def test_pipeline_on_a_gpt_neo_with_the_gpt2_vocabulary(gpt2_tokenizer, tmp_path, one_thread):
+    """TinyStories' family (GPT-Neo: local layers, 50,257-token vocabulary), the prompt taken from the model."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=50257, hidden_size=64, num_layers=4, num_heads=16, window_size=8,
+                          attention_types=[[["global", "local"], 2]], max_position_embeddings=2048,
+                          bos_token_id=50256, eos_token_id=50256)
+    GPTNeoForCausalLM(config).save_pretrained(tmp_path / "neo")
+    gpt2_tokenizer.save_pretrained(tmp_path / "neo")
+    v = validate(model=str(tmp_path / "neo"), latents=32, k=4, tokens=3000, eval_tokens=512, seq_len=32,
+                 reference_samples=16, reference_length=16, max_new_tokens=6, features=16, out=tmp_path / "v",
+                 progress=False)
+    assert v.hook == "blocks.2.hook_resid_post" and v.n_features == 16 and len(v.best) == 16
+    opening = v.prompts[1].prompt
+    assert opening and "<|endoftext|>" not in opening
+    report = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert all(key in report for key in REPORT_KEYS)
+    assert {p["label"]: p["prompt"] for p in report["prompts"]} == {"bos": None, "prompt": opening}
+    assert 0 <= report["clear_both"] <= min(report["clear_bos"], report["clear_prompt"])
+
+
 def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert run(["validate", "--model", str(tmp_path / "missing"), "--quiet", "--out", str(tmp_path / "o")]) == 2
     assert "not found" in capsys.readouterr().err

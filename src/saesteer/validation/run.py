@@ -34,6 +34,7 @@ import torch
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import compute_facts
 from saesteer.evaluation.reference import sample_reference
+from saesteer.models.hook_sites import n_layers
 from saesteer.models.loading import load_model
 from saesteer.saes import load_sae, save_sae
 from saesteer.steerer import Steerer
@@ -118,11 +119,9 @@ def _machine() -> dict:
 
 
 def _middle_hook(model) -> str:
-    cfg = model.config
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
-    if not layers:
-        raise SaesteerError("cannot tell how many layers the model has; pass a hook such as blocks.2.hook_resid_post")
-    return f"blocks.{layers // 2}.hook_resid_post"
+    """The middle block's ``hook_resid_post`` (layers counted from the family's module table, so every config
+    layout, GPT-Neo's ``num_layers`` and Gemma 3's text sub-config included, gives the same answer)."""
+    return f"blocks.{n_layers(model) // 2}.hook_resid_post"
 
 
 def _say(progress: bool, text: str) -> None:

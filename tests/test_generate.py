@@ -194,3 +194,23 @@ def test_sampling_at_temperature_one_is_the_plain_softmax():
     cdf = probs.cumsum(-1)
     want = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("vocab", [50257, 512, 130, 64, 63])
+def test_blocked_argmax_equals_argmax_on_ties_and_infinities(vocab):
+    """The greedy pick (one max per 64-wide block, then an argmax inside the first winning block) is
+    ``argmax``'s: the first index on ties, across block edges and a short last block."""
+    from saesteer.engine.generate import first_argmax
+
+    g = torch.Generator().manual_seed(vocab)
+    for _ in range(50):
+        x = torch.randint(0, 4, (6, vocab), generator=g).float()  # many ties
+        x[0] = -torch.inf
+        x[1] = -torch.inf
+        x[1, vocab - 1] = 0.0                                        # the winner alone in the last block
+        x[2, 60:70] = 9.0                                            # a tie across a block edge
+        x[3] = x[3].to(torch.bfloat16).float()
+        got = first_argmax(x)
+        assert torch.equal(got, x.argmax(dim=-1))
+        assert torch.equal(first_argmax(x.to(torch.bfloat16)), x.to(torch.bfloat16).argmax(dim=-1))
+    assert got[2].item() == 60 and got[1].item() == vocab - 1 and got[0].item() == 0

@@ -104,10 +104,30 @@ def check_finite(values: Tensor, step: int) -> None:
                             " clamp value is too large for the model's dtype; use smaller values")
 
 
+def first_argmax(logits: Tensor, chunk: int = 64) -> Tensor:
+    """``logits.argmax(-1)`` for ``[B, V]``, the first index on ties, several times faster over a large vocabulary.
+
+    ``argmax`` costs several times a max-reduction. Here one reduction gives every ``chunk``-wide block's max; the
+    first block whose max is the row's max holds the row's first maximal index, found by an argmax over that
+    block alone.
+    """
+    b, V = logits.shape
+    n_full = V // chunk
+    if n_full < 2:
+        return logits.argmax(dim=-1)
+    block_max = logits[:, : n_full * chunk].view(b, n_full, chunk).amax(dim=-1)
+    if V > n_full * chunk:
+        block_max = torch.cat([block_max, logits[:, n_full * chunk:].amax(dim=-1, keepdim=True)], dim=1)
+    block = block_max.argmax(dim=-1)
+    cols = block[:, None] * chunk + torch.arange(chunk, device=logits.device)
+    vals = logits.gather(1, cols.clamp(max=V - 1)).masked_fill(cols >= V, float("-inf"))
+    return block * chunk + vals.argmax(dim=-1)
+
+
 def select_next(logits: Tensor, config: GenerationConfig, generators: list[torch.Generator] | None) -> Tensor:
     """Next token per row from ``logits [B, V]``: argmax, or a temperature/top-p sample per row."""
     if config.greedy:
-        return logits.argmax(dim=-1)
+        return first_argmax(logits)
     scaled = logits.float() if config.temperature == 1 else logits.float() / config.temperature  # x / 1 == x
     probs = torch.softmax(scaled, dim=-1)
     if config.top_p < 1.0:

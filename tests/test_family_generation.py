@@ -14,7 +14,7 @@ from saesteer.engine import GenerationConfig, full_forward_argmax, generate_ids
 from saesteer.errors import SaesteerError
 from saesteer.steering.hooks import make_clamp
 
-FAST_FAMILIES = ("llama",)
+FAST_FAMILIES = ("llama", "gpt_neo")
 """Families of this list that the fast decoder runs; every other one takes the reference loop."""
 HOOK = "blocks.2.hook_resid_post"
 PROMPTS = [[BOS], [BOS, 39, 4266, 318, 257, 922, 11], [BOS, 612, 837]]

@@ -132,6 +132,32 @@ def test_llama_logits_and_tokens(stories_path):
     assert unclamped[0] != got[0]  # the clamp did something
 
 
+def test_gpt_neo_logits_and_tokens_across_its_local_window(prompts):
+    """GPT-Neo (TinyStories' family): no attention scaling and local layers with a window (4 here) shorter than
+    the prompts, so the window masks keys in the prefill, in cached steps and in static steps."""
+    from _tiny_models import make_tiny
+
+    model = make_tiny("gpt_neo")
+    assert fast.supports(model, GenerationConfig()) and model.config.window_size < len(prompts[0])
+    dec = fast.decoder_for(model, torch.float32)
+    ids, mask = left_pad(prompts, EOS, "cpu")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, -1]
+    torch.testing.assert_close(prefill_logits(dec, ids, mask), ref, atol=2e-5, rtol=1e-5)
+    lsae = make_sae(d_in=32, d_sae=128, k=4, hook_name="blocks.2.hook_resid_post")
+    rows = [{3: 8.0}, {7: 5.0, 9: -3.0}, {}, {100: 6.0}]
+    truth = [full_forward_argmax(model, p, 10, edits=[(lsae.hook_name, SAEClamp(lsae, rows=[rows[i]]))])
+             for i, p in enumerate(prompts)]
+    cfg = GenerationConfig(max_new_tokens=10, stop_at_eos=False)
+    for static in (False, True):
+        got = fast.generate_ids_fast(model, prompts, cfg, edits=[(lsae.hook_name, SAEClamp(lsae, rows=rows))],
+                                     static_steps=static)
+        assert got == truth, static
+    assert fast.generate_ids_fast(model, prompts, cfg)[0] != truth[0]  # the clamp did something
+    sampled = GenerationConfig(max_new_tokens=8, temperature=0.8, seed=3, stop_at_eos=False)
+    assert fast.generate_ids_fast(model, prompts, sampled) == generate_ids(model, prompts, sampled)
+
+
 # --------------------------------------------------------------------------- greedy tokens, float32
 
 @pytest.mark.parametrize("mode", ["delta", "reconstruct"])

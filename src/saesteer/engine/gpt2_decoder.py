@@ -12,13 +12,14 @@ from torch import Tensor, nn
 
 from saesteer.engine.kernels import Decoder, Linear, StepContext, layer_norm, onednn_linear_available
 
-_GELU = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+"""Hugging Face ``activation_function`` -> the activation fused into the packed MLP input layer."""
 
 
 def gpt2_unsupported(model: nn.Module) -> str | None:
     """Why the fast GPT-2 decoder cannot run this model, or None."""
     config = model.config
-    if getattr(config, "activation_function", "gelu_new") not in _GELU:
+    if getattr(config, "activation_function", "gelu_new") not in ACTIVATIONS:
         return f"activation {config.activation_function!r}"
     if getattr(config, "add_cross_attention", False):
         return "cross-attention"
@@ -30,7 +31,6 @@ def gpt2_unsupported(model: nn.Module) -> str | None:
 class GPT2Decoder(Decoder):
     def __init__(self, model: nn.Module, dtype: torch.dtype, device: torch.device, *, screen: bool = True,
                  pack: bool = True):
-        cfg = model.config
         self.pack = pack
         tr = model.transformer
         self.dtype, self.device = dtype, device
@@ -38,20 +38,7 @@ class GPT2Decoder(Decoder):
         self.resid_dtype = torch.float32 if model_dtype == torch.float32 else model_dtype
         if dtype != torch.float32:
             self.resid_dtype = torch.float32  # mixed precision: bf16 matmuls, float32 residual stream
-        self.n_layers = cfg.n_layer
-        self.d_model = cfg.n_embd
-        self.n_heads = self.n_kv_heads = cfg.n_head
-        self.head_dim = self.d_model // self.n_heads
-        self.d_mlp = cfg.n_inner or 4 * self.d_model
-        self.vocab_size = cfg.vocab_size
-        self.max_positions = cfg.n_positions
-        self.eps = cfg.layer_norm_epsilon
-        self.act = _GELU[cfg.activation_function]
-        self._scale = [
-            (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
-            / (float(i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0)
-            for i in range(self.n_layers)
-        ]
+        self._read_config(model.config)
         rd = self.resid_dtype
 
         def vec(t):
@@ -59,21 +46,8 @@ class GPT2Decoder(Decoder):
 
         self.wte = tr.wte.weight.detach().to(device)  # the model's own tensors when already on device
         self.wpe = tr.wpe.weight.detach().to(device)
-
-        def lin(conv, rows_hint=256):
-            return Linear(conv.weight.detach().t(), conv.bias, dtype=dtype, device=device, rows_hint=rows_hint,
-                          pack=pack)
-
-        self.layers = []
-        for blk in tr.h:
-            self.layers.append({
-                "ln1": (vec(blk.ln_1.weight), vec(blk.ln_1.bias)),
-                "ln2": (vec(blk.ln_2.weight), vec(blk.ln_2.bias)),
-                "qkv": lin(blk.attn.c_attn),
-                "o": lin(blk.attn.c_proj),
-                "fc": lin(blk.mlp.c_fc),
-                "proj": lin(blk.mlp.c_proj),
-            })
+        self.layers = [{"ln1": (vec(blk.ln_1.weight), vec(blk.ln_1.bias)),
+                        "ln2": (vec(blk.ln_2.weight), vec(blk.ln_2.bias)), **self._linears(blk)} for blk in tr.h]
         self.ln_f = (vec(tr.ln_f.weight), vec(tr.ln_f.bias))
         head = model.lm_head
         self.unembed_weight = head.weight.detach().to(device)
@@ -83,6 +57,35 @@ class GPT2Decoder(Decoder):
         if screen and dtype == torch.float32 and device.type == "cpu" and onednn_linear_available(torch.bfloat16) \
                 and getattr(head, "bias", None) is None:
             self.unembed_screen = Linear(self.unembed_weight, None, dtype=torch.bfloat16, device=device, pack=pack)
+
+    def _read_config(self, cfg) -> None:
+        self.n_layers = cfg.n_layer
+        self.d_model = cfg.n_embd
+        self.n_heads = self.n_kv_heads = cfg.n_head
+        self.head_dim = self.d_model // self.n_heads
+        self.d_mlp = cfg.n_inner or 4 * self.d_model
+        self.vocab_size = cfg.vocab_size
+        self.max_positions = cfg.n_positions
+        self.eps = cfg.layer_norm_epsilon
+        self.act = ACTIVATIONS[cfg.activation_function]
+        self._scale = [
+            (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
+            / (float(i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0)
+            for i in range(self.n_layers)
+        ]
+
+    def _linear(self, weight: Tensor, bias: Tensor | None, rows_hint: int = 256) -> Linear:
+        """``weight [out, in]`` in the compute dtype (packed on CPU)."""
+        return Linear(weight.detach(), bias, dtype=self.dtype, device=self.device, rows_hint=rows_hint,
+                      pack=self.pack)
+
+    def _linears(self, blk: nn.Module) -> dict:
+        """One block's q/k/v, attention output and MLP projections (Conv1D stores ``[in, out]``)."""
+        attn, mlp = blk.attn, blk.mlp
+        return {"qkv": self._linear(attn.c_attn.weight.t(), attn.c_attn.bias),
+                "o": self._linear(attn.c_proj.weight.t(), attn.c_proj.bias),
+                "fc": self._linear(mlp.c_fc.weight.t(), mlp.c_fc.bias),
+                "proj": self._linear(mlp.c_proj.weight.t(), mlp.c_proj.bias)}
 
     def attn_scale(self, layer: int) -> float:
         return self._scale[layer]

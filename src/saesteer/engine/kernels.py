@@ -245,6 +245,10 @@ class Decoder:
     def attn_scale(self, layer: int) -> float:
         return self.head_dim ** -0.5
 
+    def attn_bias(self, layer: int, ctx: StepContext) -> Tensor:
+        """The additive attention mask of ``layer`` (a family with local layers narrows it there)."""
+        return ctx.bias
+
     # ---- the shared skeleton
     def new_cache(self, rows: int, max_len: int, cache=None):
         shape = (self.n_layers, rows, self.n_kv_heads, max_len, self.head_dim)
@@ -270,7 +274,7 @@ class Decoder:
         group = self.n_heads // self.n_kv_heads
         if group > 1:  # fold the query heads that share a key/value head into the rows
             q = q.reshape(B, self.n_kv_heads, group * T, self.head_dim)
-        bias = ctx.bias
+        bias = self.attn_bias(layer, ctx)
         if group > 1 and T > 1:
             bias = bias.repeat(1, 1, group, 1)
         out = attention(q, keys, values, bias, self.attn_scale(layer))  # [B, Hkv, G*T, dh]

@@ -14,6 +14,7 @@ from torch import nn
 from saesteer.engine.batching import CPU_ROW_BLOCK, row_block
 from saesteer.engine.generate import GenerationConfig
 from saesteer.engine.gpt2_decoder import GPT2Decoder, gpt2_unsupported
+from saesteer.engine.gpt_neo_decoder import GPTNeoDecoder, gpt_neo_unsupported
 from saesteer.engine.kernels import Decoder, Linear
 from saesteer.engine.llama_decoder import LlamaDecoder, llama_unsupported
 from saesteer.engine.options import FastOptions
@@ -28,12 +29,14 @@ TOPK_SCREEN_PER_K = 64
 
 def decoder_class(model: nn.Module):
     """``(Decoder subclass, unsupported-check)`` for the model's family, or ``(None, None)``: families without
-    a fast decoder (Gemma, GPT-NeoX, Phi-3, ...) take the reference loop."""
+    a fast decoder (Gemma, GPT-NeoX, Phi, ...) take the reference loop."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type == "gpt2":
         return GPT2Decoder, gpt2_unsupported
     if model_type == "llama":
         return LlamaDecoder, llama_unsupported
+    if model_type == "gpt_neo":
+        return GPTNeoDecoder, gpt_neo_unsupported
     return None, None
 
 

@@ -214,3 +214,20 @@ def test_blocked_argmax_equals_argmax_on_ties_and_infinities(vocab):
         assert torch.equal(got, x.argmax(dim=-1))
         assert torch.equal(first_argmax(x.to(torch.bfloat16)), x.to(torch.bfloat16).argmax(dim=-1))
     assert got[2].item() == 60 and got[1].item() == vocab - 1 and got[0].item() == 0
+
+
+@pytest.mark.parametrize("vocab", [50257, 512])
+def test_inverse_cdf_in_row_blocks_equals_the_whole_batch(vocab):
+    """Sampling builds the float64 cumulative sums a few rows at a time: the same picks as over the whole batch."""
+    from saesteer.engine.generate import inverse_cdf
+
+    g = torch.Generator().manual_seed(vocab)
+    probs = torch.softmax(torch.randn(37, vocab, generator=g) * 4, dim=-1)
+    probs[3, : vocab // 2] = 0.0                       # a row with zeros, as top-p leaves
+    u = torch.rand(37, dtype=torch.float64, generator=g)
+    u[0], u[1] = 0.0, 1.0                              # the edges
+    cdf = probs.double().cumsum(-1)
+    whole = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(-1).clamp(max=vocab - 1)
+    got = inverse_cdf(probs, u)
+    assert torch.equal(got, whole)
+    assert len(set(got.tolist())) > 30                 # the draws spread over the vocabulary

@@ -21,7 +21,8 @@ from saesteer.validation import REPORT_KEYS, ValidationConfig, validate as run_v
 
 
 @click.command("train-sae")
-@click.option("--model", required=True, help="A local Hugging Face model directory (GPT-2 or Llama family) or hub id.")
+@click.option("--model", required=True,
+              help="A local Hugging Face model directory (any family of the guide's table) or hub id.")
 @click.option("--hook", required=True, help="Hook site, e.g. blocks.2.hook_resid_post.")
 @config_options(TrainConfig)
 @config_options(DataConfig)
@@ -88,7 +89,7 @@ def parse_value_list(text: str) -> tuple[float, ...]:
 
 @click.command()
 @click.option("--model", default=_V.model, show_default=True,
-              help="Local Hugging Face model directory (GPT-2 or Llama family).")
+              help="Local Hugging Face model directory (any family of the guide's table).")
 @click.option("--hook", default=None, help="Hook site [default: blocks.{layers // 2}.hook_resid_post].")
 @click.option("--latents", default=_V.latents, show_default=True, type=click.IntRange(1, 1 << 24))
 @click.option("--k", default=_V.k, show_default=True, type=click.IntRange(1, 1 << 16))

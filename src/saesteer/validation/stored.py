@@ -1,6 +1,6 @@
 """The validation's sweeps on disk, so that its counts can be measured again without sweeping again.
 
-``sweeps.json.gz`` in the output folder holds, per prompt label, the unsteered text and every annotated
+``sweeps.json.gz`` in the output folder holds, per prompt label, the unsteered text (and its tokens) and every annotated
 result (text, firing-word hits, fluency, readback vector, ...), and per feature the firing-word occurrences
 a text the model writes anyway holds (``expected_hits``). :func:`load_sweeps` reads it back.
 """
@@ -24,7 +24,7 @@ def save_sweeps(out_dir: Path, annotated: dict, baselines: dict, expected: list[
     """Write ``sweeps.json.gz``: ``annotated`` (per label, one list of records per sweep), the baselines'
     text and fluency, and the expected hits."""
     data = {"version": 1, "expected_hits": expected,
-            "prompts": {lbl: {"baseline": {"text": b.text, "fluency": b.fluency},
+            "prompts": {lbl: {"baseline": {"text": b.text, "fluency": b.fluency, "tokens": list(b.tokens)},
                               "sweeps": [[{k: r[k] for k in KEEP if k in r} for r in recs] for recs in annotated[lbl]]}
                         for lbl, b in baselines.items()}}
     path = Path(out_dir) / SWEEPS

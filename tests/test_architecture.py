@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                            "saesteer.evaluation.readback", "saesteer.evaluation.reconstruction",
                            "saesteer.evaluation.reference", "saesteer.evaluation.steer_score",
                            "saesteer.evaluation.strength", "saesteer.evaluation.text_metrics",
-                           "saesteer.evaluation.token_text")),
+                           "saesteer.evaluation.token_text", "saesteer.evaluation.word_rank")),
     ("sweep, training", ("saesteer.sweep", "saesteer.training")),
     ("evaluation, reports", ("saesteer.evaluation", "saesteer.strength")),
     ("applications", ("saesteer.validation",)),

@@ -77,7 +77,8 @@ def test_steer_score_on_known_values(fields, words, internal, steer):
     assert explain(fields).startswith("steer")
 
 
-def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, small_steerer, tmp_path, monkeypatch):
+def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, small_steerer, tmp_path, monkeypatch,
+                                                              capsys):
     monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
     ref = reference_story
     out = tmp_path / "sw"
@@ -98,7 +99,14 @@ def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, s
     assert [r.steer for r in rows] == sorted((r.steer for r in rows), reverse=True)
     measured = [r for r in rows if r.readback_rank is not None]
     assert measured and all(0 <= r.readback_rank <= 1 for r in measured)
+    # the firing words are ranked against the same null, from the folder's facts
+    worded = [r for r in rows if r.word_rank is not None]
+    assert worded and all(0 <= r.word_rank <= 1 for r in worded)
+    assert {r.feature for r in worded} == {r.feature for r in measured}
     assert run(["top", str(out), "--explain", str(rows[0].feature)]) == 0
+    explained = capsys.readouterr().out.splitlines()[1]
+    assert "; rank " in explained.split("internal")[0] and "unsteered" in explained.split("loops")[1]
     assert run(["top", str(out), "--sort", "readback", "--n", "3"]) == 0
+    assert run(["top", str(out), "--sort", "words", "--n", "3"]) == 0
     with pytest.raises(SaesteerError, match="readback"):  # another sweep identity: readback is part of it
         Sweep(small_steerer, out=out, **kw).results()

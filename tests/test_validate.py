@@ -203,11 +203,12 @@ def test_null_counts_tell_own_words_from_chance():
     assert got["words"]["observed"] == n and got["words"]["p"] == pytest.approx(1 / 200)
     assert got["words"]["chance"] < 2 and got["words"]["net"] > n - 2
     assert got["both"]["observed"] == n and got["readback"]["features"] == list(range(n))
+    assert got["word_rank"]["observed"] == n and got["word_rank"]["chance"] < 2   # own words: top of the null
     lo, hi = got["words"]["interval"]
     assert lo <= got["words"]["chance"] <= hi
     other = null_counts({"a": ([group(shuffled)], clean)}, permutations=199, seed=1)["a"]
     assert other["words"]["observed"] == 0 and other["words"]["p"] == 1.0
-    assert other["both"]["observed"] == 0
+    assert other["both"]["observed"] == 0 and other["word_rank"]["observed"] == 0
 
 
 def test_prompt_comes_from_the_model_itself(tiny_loaded):

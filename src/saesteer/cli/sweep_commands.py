@@ -13,7 +13,7 @@ from saesteer.strength import DEFAULT_MULTIPLE
 from saesteer.sweep.config import RayConfig, SweepConfig
 from saesteer.sweep.distributed import distributed_sweep, import_ray
 from saesteer.sweep.merge import merge as merge_fn
-from saesteer.sweep.rank import annotate, explain_feature, format_table, load_folder_records, top as top_fn
+from saesteer.sweep.rank import annotate_folder, explain_feature, format_table, top as top_fn
 from saesteer.sweep.runner import Sweep
 from saesteer.sweep.store import read_manifest
 
@@ -70,10 +70,10 @@ def merge(folders, out):
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--n", default=50, show_default=True, type=click.IntRange(1, 1 << 30), help="Rows to show.")
 @click.option("--sort", default="steer", show_default=True,
-              type=click.Choice(["steer", "readback", "score", "on_target", "lens", "fluency", "repetition", "distinct",
+              type=click.Choice(["steer", "readback", "words", "score", "on_target", "lens", "fluency", "repetition", "distinct",
                                  "first_diff", "feature"]),
-              help="Metric to rank by (each feature at its best value by that metric); steer combines firing words,"
-                   " the readback rank, fluency and repetition (docs/sweeps.md).")
+              help="Metric to rank by (each feature at its best value by that metric); steer combines the firing-word"
+                   " and readback ranks, fluency and repetition (docs/sweeps.md).")
 @click.option("--query", default=None, metavar="WORD",
               help="Only features whose firing words or top tokens are WORD, or whose text contains it.")
 @click.option("--all-values", is_flag=True, help="One row per result instead of per feature.")
@@ -83,7 +83,7 @@ def merge(folders, out):
 def top(folder, n, sort, query, all_values, explain, as_json):
     """Print the features of a sweep that steer most clearly (or by another metric)."""
     if explain is not None:
-        lines = explain_feature(annotate(load_folder_records(folder)), explain)
+        lines = explain_feature(annotate_folder(folder)[0], explain)
         if not lines:
             raise click.UsageError(f"feature {explain} is not in this sweep")
         click.echo(f"feature {explain}, best value first:\n" + "\n".join(lines))
@@ -98,9 +98,10 @@ def top(folder, n, sort, query, all_values, explain, as_json):
 
 TOP_LEGEND = (
     "hits W/L: W = words of the text that the feature fires on in the reference text, L = generated tokens among"
-    " the feature's logit-lens (promoted) tokens; steer = combined score (firing words, readback, fluency);"
+    " the feature's logit-lens (promoted) tokens; steer = combined score (word and readback ranks, fluency, loops);"
+    " words = share of the other features' texts holding fewer of this feature's firing words than its own text;"
     " readback = share of the other features' texts on which this feature reads back weaker than on its own text"
-    " (the unsteered model reads the text, the SAE encodes it; 1 = best)."
+    " (the unsteered model reads the text, the SAE encodes it); 1 = best for both."
 )
 """What the terminal table's less obvious columns mean (printed under it)."""
 

@@ -1,22 +1,33 @@
-"""One score for ranking steering results, from both measures, that penalises degenerate text.
+"""One score for ranking steering results, from both measures, each read against the same null, that
+penalises degenerate text.
 
 ``steer = evidence * fluency_factor * loop_factor`` (0 for a text equal to the unsteered one), where
 
-* ``evidence = words + internal`` (each in [0, 1], so evidence is in [0, 2]):
+* ``evidence = words + internal`` (each in [0, 1], so evidence is in [0, 2]), both read from ranks of the
+  feature's own text among every other swept feature's changed text at the same value (mid-ranks, 1 =
+  above all):
 
-  - ``words = min(gain, 2) / 2``: firing-word evidence; ``gain`` is the firing-word occurrences beyond the
-    unsteered text's (as the sweep's ``score``), so 2 new occurrences, the "clear" threshold, give the full 1;
-  - ``internal = max(0, 2 * readback_rank - 1)``: the model-internal evidence (``evaluation.readback``):
-    0 at or below the median of the null, 1 above every other feature's text; 0 where not measured;
+  - ``words = max(0, 2 * word_rank - 1) * min(gain, 2) / 2``: the firing-word evidence. ``word_rank``
+    (``evaluation.word_rank``) ranks the feature's firing-word occurrences in its text against every other
+    feature's text: 0 at or below the null's median, 1 when the text holds more of them than any other
+    feature's text does, so words every text holds (a model's stock words, its loops) give nothing, and
+    words the unsteered text holds already count when the steered text holds unusually many. ``gain`` is
+    the occurrences beyond the unsteered text's, so 2 new ones, the "clear" threshold, give the full
+    amount. Without a word rank (no firing words known, or no other changed text to rank against) the
+    rank's factor is 1;
+  - ``internal = max(0, 2 * readback_rank - 1)``: the model-internal evidence (``evaluation.readback``),
+    the same transform of the readback's rank; 0 where not measured;
 
 * ``fluency_factor = 1`` when the text is at most 1 nat/token less fluent than the unsteered one (or
   fluency was not measured), else ``exp(-(drop - 1))``;
-* ``loop_factor = 1 - max(0, repetition - 0.25) / 0.75``: texts whose bigrams mostly repeat earlier ones
-  (loops such as ``the the the``) go to 0; ordinary text (a quarter of repeated bigrams or fewer) is not
-  touched. Fluency alone does not catch loops: a model finds its own loops likely.
+* ``loop_factor = 1 - max(0, repetition - free) / (1 - free)`` with ``free = max(0.25,
+  base_repetition)``: texts whose bigrams repeat earlier ones (loops such as ``the the the``) more than
+  ordinary text (a quarter of repeated bigrams) *and* more than the unsteered text does go towards 0. A model
+  that loops unsteered does not have every steered text penalised for looping as much as it does itself.
+  Fluency alone does not catch loops: a model finds its own loops likely.
 
-A feature's rank is its best result by ``steer``. The two kinds of evidence add up, so a result with
-its words *and* its own latent clearly present in the text ranks above one with either alone.
+A feature's rank is its best result by ``steer``. The two kinds of evidence add up, so a result with its
+words *and* its own latent unusually present in the text ranks above one with either alone.
 """
 
 from __future__ import annotations
@@ -36,17 +47,29 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
+def _words(rec: dict) -> float:
+    gain = float(max(0, int(rec.get("fire_hits", 0) or 0) - int(rec.get("base_fire_hits", 0) or 0)))
+    amount = min(gain, float(CLEAR_MIN_HITS)) / CLEAR_MIN_HITS
+    rank = _num(rec.get("word_rank"))
+    return amount if rank is None else max(0.0, 2.0 * rank - 1.0) * amount
+
+
+def loop_factor(rep: float, base_rep: float | None) -> float:
+    """``1 - max(0, rep - free) / (1 - free)``, ``free = max(LOOP_FREE, base_rep)`` (1 when ``free`` is 1)."""
+    free = max(LOOP_FREE, base_rep or 0.0)
+    if free >= 1.0:
+        return 1.0
+    return max(0.0, 1.0 - max(0.0, rep - free) / (1.0 - free))
+
+
 def steer_parts(rec: dict) -> dict:
-    """The terms of ``steer`` for one result (a record dict with its readback rank, if any)."""
-    hits, base = int(rec.get("fire_hits", 0) or 0), int(rec.get("base_fire_hits", 0) or 0)
-    gain = float(max(0, hits - base))
-    words = min(gain, float(CLEAR_MIN_HITS)) / CLEAR_MIN_HITS
+    """The terms of ``steer`` for one result (a record dict with its word and readback ranks, if any)."""
+    words = _words(rec)
     rank = _num(rec.get("readback_rank"))
     internal = max(0.0, 2.0 * rank - 1.0) if rank is not None else 0.0
     drop = _num(rec.get("fluency_drop"))
     fluency = 1.0 if drop is None or drop <= CLEAR_MAX_FLUENCY_DROP else math.exp(-(drop - CLEAR_MAX_FLUENCY_DROP))
-    rep = _num(rec.get("repetition")) or 0.0
-    loops = max(0.0, 1.0 - max(0.0, rep - LOOP_FREE) / (1.0 - LOOP_FREE))
+    loops = loop_factor(_num(rec.get("repetition")) or 0.0, _num(rec.get("base_repetition")))
     differs = rec.get("differs", True)
     steer = 0.0 if not differs else (words + internal) * fluency * loops
     return {"steer": steer, "words": words, "internal": internal, "fluency_factor": fluency, "loop_factor": loops,
@@ -58,16 +81,21 @@ def steer_score(rec: dict) -> float:
     return steer_parts(rec)["steer"]
 
 
+def _rank_text(rec: dict, key: str) -> str:
+    rank = rec.get(f"{key}_rank")
+    return "not measured" if rank is None else f"rank {rank:.3f} of {rec.get(f'{key}_null', '?')} texts"
+
+
 def explain(rec: dict) -> str:
     """One line saying how a result's ``steer`` comes about."""
     p = steer_parts(rec)
     if not p["differs"]:
         return "steer 0: the text equals the unsteered one"
-    rank = rec.get("readback_rank")
-    rank_s = "not measured" if rank is None else f"rank {rank:.3f} of {rec.get('readback_null', '?')} texts"
     drop = rec.get("fluency_drop")
     drop_s = "not measured" if drop is None else f"{drop:+.2f} nats/token"
+    base_rep = rec.get("base_repetition")
+    base_s = "" if base_rep is None else f", unsteered {float(base_rep):.2f}"
     return (f"steer {p['steer']:.3f} = (words {p['words']:.2f} [{rec.get('fire_hits', 0)} firing words, unsteered "
-            f"{rec.get('base_fire_hits', 0)}] + internal {p['internal']:.2f} [readback {rank_s}]) x fluency "
-            f"{p['fluency_factor']:.2f} [drop {drop_s}] x loops {p['loop_factor']:.2f} [repetition "
-            f"{float(rec.get('repetition', 0) or 0):.2f}]")
+            f"{rec.get('base_fire_hits', 0)}; {_rank_text(rec, 'word')}] + internal {p['internal']:.2f} [readback "
+            f"{_rank_text(rec, 'readback')}]) x fluency {p['fluency_factor']:.2f} [drop {drop_s}] x loops "
+            f"{p['loop_factor']:.2f} [repetition {float(rec.get('repetition', 0) or 0):.2f}{base_s}]")

@@ -1,7 +1,8 @@
 """Rank a sweep's results: the best value of each feature, sorted by a metric, optionally about a word.
 
-The default order is ``steer`` (``evaluation.steer_score``): firing words and the model-internal readback
-rank (``evaluation.readback``, where the sweep measured it) together, penalising less fluent text and loops."""
+The default order is ``steer`` (``evaluation.steer_score``): the firing-word rank (``evaluation.word_rank``,
+from the folder's feature facts) and the model-internal readback rank (``evaluation.readback``, where the
+sweep measured it) together, penalising less fluent text and loops."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
 from saesteer.evaluation.readback import own_readback, readback_ranks
 from saesteer.evaluation.steer_score import explain, steer_score
-from saesteer.evaluation.text_metrics import is_clear, words
+from saesteer.evaluation.text_metrics import is_clear, repetition, words
+from saesteer.evaluation.word_rank import word_ranks
 from saesteer.sweep import store as st
 
 
@@ -26,6 +28,7 @@ def _num(x, missing=-math.inf) -> float:
 SORTS: dict[str, Callable[[dict], tuple]] = {
     "steer": lambda r: (_num(r.get("steer")), _num(r.get("score"))),
     "readback": lambda r: (_num(r.get("readback_rank")), _num(r.get("steer"))),
+    "words": lambda r: (_num(r.get("word_rank")), _num(r.get("steer"))),
     "score": lambda r: (_num(r.get("score")), r.get("fire_hits", 0)),
     "on_target": lambda r: (r.get("fire_hits", 0) - r.get("base_fire_hits", 0), _num(r.get("score"))),
     "lens": lambda r: (r.get("lens_hits", 0) - r.get("base_lens_hits", 0), _num(r.get("score"))),
@@ -35,7 +38,8 @@ SORTS: dict[str, Callable[[dict], tuple]] = {
     "first_diff": lambda r: (-_num(r.get("first_diff"), math.inf), _num(r.get("score"))),
     "feature": lambda r: (-r["feature"], -_num(r.get("value"), 0.0)),
 }
-"""Sort keys, larger first: ``steer`` is the combined score, ``readback`` the model-internal rank, ``on_target`` and ``lens`` are hits above the unsteered text's, ``first_diff``
+"""Sort keys, larger first: ``steer`` is the combined score, ``readback`` the model-internal rank, ``words`` the
+firing-word rank, ``on_target`` and ``lens`` are hits above the unsteered text's, ``first_diff``
 puts the earliest divergence first, ``feature`` sorts by feature index."""
 
 
@@ -61,6 +65,8 @@ class Row:
     """The feature's mean activation when the unsteered model reads the text (None: not measured)."""
     readback_rank: float | None = None
     """Its mid-rank among the other swept features' texts at the same value (1: above all; None: no evidence)."""
+    word_rank: float | None = None
+    """The firing words' count in the text ranked the same way (``evaluation.word_rank``; None: no evidence)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,15 +89,26 @@ def _matches(query: str, rec: dict, facts: FactsTable | None) -> bool:
     return False
 
 
-def annotate(records: Iterable[dict]) -> list[dict]:
-    """The records with ``readback``, ``readback_rank``/``_p``/``_null`` (where measured) and ``steer`` added;
-    ranks are taken over all the records given, so pass every result of the sweep."""
+def annotate(records: Iterable[dict], firing_words: Sequence[Sequence[str]] | None = None, *,
+             base_repetition: float | None = None) -> list[dict]:
+    """The records with ``readback``, ``readback_rank``/``_p``/``_null`` (where measured), ``word_rank``/``_p``/
+    ``_null`` (with ``firing_words``, per feature: the feature facts' ``words``), ``base_repetition`` and
+    ``steer`` added; ranks are taken over all the records given, so pass every result of one sweep (one
+    prompt). ``base_repetition``: the unsteered text's repetition; None: a result whose text equals the
+    unsteered one tells it (none such: not known)."""
     recs = [dict(r) for r in records]
     ranks = readback_ranks(recs)
+    by_words = word_ranks(recs, firing_words) if firing_words is not None else {}
+    if base_repetition is None:
+        base_repetition = next((r.get("repetition") for r in recs if r.get("differs") is False), None)
     for r in recs:
+        key = (r["feature"], float(r["value"]))
         if r.get("readback_ids") is not None:
             r["readback"] = own_readback(r["feature"], r["readback_ids"], r["readback_vals"])
-            r.update(ranks.get((r["feature"], float(r["value"])), {}))
+            r.update(ranks.get(key, {}))
+        r.update(by_words.get(key, {}))
+        if base_repetition is not None:
+            r["base_repetition"] = base_repetition
         r["steer"] = steer_score(r)
     return recs
 
@@ -136,13 +153,25 @@ def rank(records: Iterable[dict], *, facts: FactsTable | None = None, n: int | N
         rows.append(Row(f, r["value"], float(r.get("score", 0.0)), r.get("fire_hits", 0), r.get("lens_hits", 0),
                         is_clear(r.get("fire_hits", 0), r.get("base_fire_hits", 0), drop) if drop is not None else None,
                         r.get("text", ""), fw, lt, drop, r.get("repetition", 0.0), r.get("steer"),
-                        r.get("readback"), r.get("readback_rank")))
+                        r.get("readback"), r.get("readback_rank"), r.get("word_rank")))
     return rows
+
+
+def annotate_folder(directory: str | os.PathLike) -> tuple[list[dict], FactsTable | None]:
+    """A sweep folder's records, :func:`annotate`d with its feature facts' firing words (where it holds them)
+    and its unsteered text's repetition, and the facts."""
+    facts = folder_facts(directory)
+    manifest = st.read_manifest(Path(directory)) or {}
+    base = (manifest.get("baseline") or {}).get("tokens")
+    recs = annotate(load_folder_records(directory), facts.words if facts is not None else None,
+                    base_repetition=repetition(base) if base is not None else None)
+    return recs, facts
 
 
 def top(directory: str | os.PathLike, **kwargs) -> list[Row]:
     """:func:`rank` over a sweep folder (with its feature facts)."""
-    return rank(annotate(load_folder_records(directory)), facts=folder_facts(directory), **kwargs)
+    recs, facts = annotate_folder(directory)
+    return rank(recs, facts=facts, **kwargs)
 
 
 def load_folder_records(directory: str | os.PathLike) -> list[dict]:
@@ -167,12 +196,13 @@ def _clip(text: str, width: int) -> str:
 
 def format_table(rows: Sequence[Row], *, text_width: int = 60) -> str:
     """A plain-text table: feature, value, score, hits, firing words, logit-lens tokens, text."""
-    header = ["feature", "value", "steer", "score", "hits", "readback", "firing words", "top tokens", "text"]
+    header = ["feature", "value", "steer", "score", "hits", "words", "readback", "firing words", "top tokens", "text"]
     lines = []
     for r in rows:
         lines.append([
             str(r.feature), st.format_value(r.value), "-" if r.steer is None else f"{r.steer:.2f}", f"{r.score:.2f}",
-            f"{r.fire_hits}/{r.lens_hits}", "-" if r.readback_rank is None else f"{r.readback_rank:.3f}",
+            f"{r.fire_hits}/{r.lens_hits}", "-" if r.word_rank is None else f"{r.word_rank:.3f}",
+            "-" if r.readback_rank is None else f"{r.readback_rank:.3f}",
             _clip(", ".join(r.firing_words[:3]), 28), _clip(" ".join(repr(t) for t in r.lens_tokens[:3]), 28),
             _clip(r.text, text_width),
         ])

@@ -100,12 +100,13 @@ def base_clean(baseline, facts, n: int) -> torch.Tensor:
 
 def cross_top(annotated: list[list[dict]], n: int = TOP_N, levels: list[float] | None = None) -> dict:
     """The first ``n`` features by each ranking (each at its best value), measured by the other measure:
-    ``steer`` (what ``saesteer top`` shows) by both; the firing-word ``score`` by the readback; the readback
-    rank by firing words (clear at the features' ``levels``, see ``criterion.word_levels``; None: the
-    sweep's own rule)."""
+    ``steer`` (what ``saesteer top`` shows) by both; the firing-word ``score`` and the firing-word rank
+    (``words``) by the readback; the readback rank by firing words (clear at the features' ``levels``, see
+    ``criterion.word_levels``; None: the sweep's own rule)."""
     recs = [r for group in annotated for r in group]
     by_steer = rank(recs, n=n, sort="steer")
     by_score = rank(recs, n=n, sort="score")
+    by_words = rank(recs, n=n, sort="words")
     by_readback = rank(recs, n=n, sort="readback")
 
     def top5(rows):
@@ -120,6 +121,7 @@ def cross_top(annotated: list[list[dict]], n: int = TOP_N, levels: list[float] |
         "top_steer": [r.feature for r in by_steer],
         "top_steer_readback_top5": top5(by_steer), "top_steer_clear": clear(by_steer),
         "top_score_readback_top5": top5(by_score), "top_score_clear": clear(by_score),
+        "top_words_readback_top5": top5(by_words), "top_words_clear": clear(by_words),
         "top_readback_clear": clear(by_readback), "top_readback_readback_top5": top5(by_readback),
     }
 

@@ -11,25 +11,28 @@ Per group of texts (one sweep value), with ``n`` swept features:
 * ``hits[g, f]``: occurrences of feature ``f``'s firing words in text ``g``;
 * ``rank[g, f]``: mid-rank of feature ``f``'s readback on text ``g`` among the other *changed* texts of the
   group (``evaluation.readback``; -1 for a text equal to the unsteered one, which carries no evidence);
+  ``word_rank[g, f]``: the same for ``hits`` (``evaluation.word_rank``);
 * ``fluent[g]``: text ``g`` is at most 1 nat/token less fluent than the unsteered text.
 
 Tests (any value of the feature passes it): **words** = at least 2 firing-word occurrences in a fluent text
 beyond the feature's level (``criterion.word_levels``: by default the unsteered text's count); **readback** = a fluent, changed text in the top
-5% of its null; **both** = one text that passes both.
+5% of its null; **both** = one text that passes both; **word_rank** = the readback's test applied to the
+firing words: a fluent text whose count of the feature's firing words is in the top 5% of the same null
+(``evaluation.word_rank``: the feature's count in every other changed text) and at least 1 beyond its level.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from saesteer.evaluation.text_metrics import CLEAR_MAX_FLUENCY_DROP, CLEAR_MIN_HITS, words
+from saesteer.evaluation.text_metrics import CLEAR_MAX_FLUENCY_DROP, CLEAR_MIN_HITS
+from saesteer.evaluation.word_rank import word_counts
 
 TOP_FRACTION = 0.05
 PERMUTATIONS = 999
-TESTS = ("words", "readback", "both")
+TESTS = ("words", "readback", "both", "word_rank")
 
 
 @dataclass
@@ -40,27 +43,19 @@ class Group:
     rank: torch.Tensor
     fluent: torch.Tensor
     changed: torch.Tensor
+    word_rank: torch.Tensor | None = None
+    """``rank_matrix`` of ``hits`` (None: computed from them when first needed)."""
+
+    def word_ranks(self) -> torch.Tensor:
+        if self.word_rank is None:
+            self.word_rank = rank_matrix(self.hits.float(), self.changed)
+        return self.word_rank
 
 
 def hits_matrix(texts: list[str], firing_words: list[list[str]]) -> torch.Tensor:
-    """``[texts, features]``: occurrences of each feature's firing words in each text."""
-    vocab: dict[str, int] = {}
-    for ws in firing_words:
-        for w in ws:
-            vocab.setdefault(w, len(vocab))
-    rows, cols, vals = [], [], []
-    for g, text in enumerate(texts):
-        for w, c in Counter(w for w in words(text) if w in vocab).items():
-            rows.append(g), cols.append(vocab[w]), vals.append(float(c))
-    size = (len(texts), max(1, len(vocab)))
-    counts = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-                                     torch.tensor(vals, dtype=torch.float32), size,
-                                     check_invariants=True)   # few words per text: sparse
-    member = torch.zeros(len(firing_words), max(1, len(vocab)))
-    for f, ws in enumerate(firing_words):
-        for w in set(ws):
-            member[f, vocab[w]] = 1
-    return torch.sparse.mm(counts, member.T.contiguous()).round().to(torch.int32)
+    """``[texts, features]``: occurrences of each feature's firing words in each text (dense int32;
+    ``evaluation.word_rank.word_counts``, the count ``top``'s word ranks use)."""
+    return word_counts(texts, firing_words).to_dense().round().to(torch.int32)
 
 
 def rank_matrix(readback: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
@@ -93,11 +88,13 @@ def passes(groups: list[Group], levels: torch.Tensor, perm: torch.Tensor) -> dic
     out = {t: torch.zeros(n, dtype=torch.bool) for t in TESTS}
     for g in groups:
         fluent = g.fluent[perm]
-        w = fluent & (g.hits[perm, idx] - levels >= CLEAR_MIN_HITS)
+        excess = g.hits[perm, idx] - levels
+        w = fluent & (excess >= CLEAR_MIN_HITS)
         r = fluent & g.changed[perm] & (g.rank[perm, idx] >= 1.0 - TOP_FRACTION)
         out["words"] |= w
         out["readback"] |= r
         out["both"] |= w & r
+        out["word_rank"] |= fluent & (excess >= 1) & (g.word_ranks()[perm, idx] >= 1.0 - TOP_FRACTION)
     return out
 
 
@@ -154,4 +151,5 @@ def group_of(records: list[dict], n: int, firing_words: list[list[str]]) -> Grou
     rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
     keep = cols_t < n                                    # latents beyond the swept features are not ranked
     readback[rows_t[keep], cols_t[keep]] = torch.tensor(vals, dtype=torch.float32)[keep]
-    return Group(hits_matrix(texts, firing_words), rank_matrix(readback, changed), fluent, changed)
+    hits = hits_matrix(texts, firing_words)
+    return Group(hits, rank_matrix(readback, changed), fluent, changed, rank_matrix(hits.float(), changed))

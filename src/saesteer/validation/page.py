@@ -48,9 +48,9 @@ def _load(machine: dict) -> str:
 
 
 TEST_NAMES = {"words": "clear by firing words", "readback": "own text in the readback's top 5%",
-              "both": "both, on one text"}
+              "both": "both, on one text", "word_rank": "firing words in the top 5% (1 beyond the unsteered text)"}
 CROSS_ROWS = (("steer (saesteer top)", "top_steer"), ("firing-word score", "top_score"),
-              ("readback rank", "top_readback"))
+              ("firing-word rank", "top_words"), ("readback rank", "top_readback"))
 
 
 def report_page(v) -> str:

@@ -4,7 +4,8 @@
 ``report.json`` of a ``saesteer validate --out`` folder and returns the nulls and the top-20 cross-checks
 exactly as :func:`~saesteer.validation.validate` computes them (``measures.measure_prompts``), under another
 firing-word rule if asked: a change of criterion is measured on the same texts. The scores (``score``,
-``steer``, readback ranks) are computed again from the stored measures, with the formulas of this version.
+``steer``, word and readback ranks) are computed again from the stored measures and the facts' firing words,
+with the formulas of this version.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
-from saesteer.evaluation.text_metrics import score
+from saesteer.evaluation.text_metrics import repetition, score
 from saesteer.sweep.rank import annotate
 from saesteer.validation.criterion import WORD_RULE
 from saesteer.validation.measures import measure_prompts
@@ -26,6 +27,13 @@ def _scored(records: list[dict]) -> list[dict]:
     return [{**r, "score": score(r.get("fire_hits", 0), r.get("base_fire_hits", 0), r.get("lens_hits", 0),
                                  r.get("base_lens_hits", 0), repetition=r.get("repetition") or 0.0,
                                  fluency_drop=r.get("fluency_drop"))} for r in records]
+
+
+def _base_repetition(baseline: dict) -> float | None:
+    """The unsteered text's repetition from its stored tokens (runs before they were stored: None, and
+    ``annotate`` takes it from a result equal to the unsteered text)."""
+    tokens = baseline.get("tokens")
+    return None if tokens is None else repetition(tokens)
 
 
 def rescore(out_dir: str | Path, *, word_rule: str = WORD_RULE, permutations: int | None = None,
@@ -40,7 +48,8 @@ def rescore(out_dir: str | Path, *, word_rule: str = WORD_RULE, permutations: in
     data = load_sweeps(out_dir)
     facts = FactsTable.load(out_dir / "facts")
     cfg = report["config"]
-    annotated = {lbl: [annotate(_scored(recs)) for recs in p["sweeps"]] for lbl, p in data["prompts"].items()}
+    annotated = {lbl: [annotate(_scored(recs), facts.words, base_repetition=_base_repetition(p["baseline"]))
+                       for recs in p["sweeps"]] for lbl, p in data["prompts"].items()}
     baselines = {lbl: p["baseline"]["text"] for lbl, p in data["prompts"].items()}
     nulls, cross, _ = measure_prompts(annotated, baselines, facts, data["expected_hits"], report["n_features"],
                                       word_rule=word_rule,

@@ -33,6 +33,7 @@ import torch
 
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import compute_facts
+from saesteer.evaluation.text_metrics import repetition
 from saesteer.evaluation.reference import sample_reference
 from saesteer.models.hook_sites import n_layers
 from saesteer.models.loading import load_model
@@ -253,14 +254,16 @@ def _train_and_facts(lm, hook: str, cfg: ValidationConfig, out_dir: Path | None,
 
 def _sweep_all(st, facts, cfg: ValidationConfig, opening: str, n_features: int, progress: bool, t: dict):
     """Step 3: every feature from BOS and from ``opening``; per prompt label, the results by feature, the
-    baseline and the annotated records (readback ranks and ``steer`` added)."""
+    baseline and the annotated records (word and readback ranks and ``steer`` added)."""
     _say(progress, f"[3/4] sweeping {n_features} features x {len(cfg.values) + len(cfg.relative_values)} values "
                    f"from BOS and from {opening!r}, {cfg.max_new_tokens} tokens each, readback measured")
     t3 = time.perf_counter()
     per_prompt, baselines, annotated = {}, {}, {}
     for label, prompt in (("bos", None), ("prompt", opening)):
         per_prompt[label], baselines[label], sweeps = _sweep_prompt(st, facts, cfg, prompt, n_features, progress)
-        annotated[label] = [annotate([r.to_record() for r in results]) for results in sweeps]
+        base_rep = repetition(baselines[label].tokens)
+        annotated[label] = [annotate([r.to_record() for r in results], facts.words, base_repetition=base_rep)
+                            for results in sweeps]
     t["sweep_s"] = time.perf_counter() - t3
     return per_prompt, baselines, annotated
 

@@ -102,3 +102,31 @@ def test_mean_logprob_matches_full_forward(tiny_gpt2):
         want = sum(float(lp[len(prompt) - 1 + i, tok]) for i, tok in enumerate(c)) / len(c)
         assert g == pytest.approx(want, abs=1e-4)
         assert t == pytest.approx(want, abs=1e-4)
+
+
+def _whole_batch_fluency(model, prompt, conts):
+    """Mean log-probabilities as mean_logprob computed them before: one log-sum-exp over the whole batch."""
+    width = len(prompt) + max(len(c) for c in conts)
+    ids = torch.tensor([prompt + c + [0] * (width - len(prompt) - len(c)) for c in conts])
+    mask = (torch.arange(width)[None, :] < torch.tensor([len(prompt) + len(c) for c in conts])[:, None]).long()
+    with torch.no_grad():
+        pred = model(input_ids=ids, attention_mask=mask).logits.float()[:, len(prompt) - 1:-1]
+    lp = pred.gather(-1, ids[:, len(prompt):, None]).squeeze(-1) - pred.logsumexp(-1)
+    valid = mask[:, len(prompt):].float()
+    return ((lp * valid).sum(-1) / valid.sum(-1)).tolist()
+
+
+def test_fluency_log_sum_exp_in_row_blocks_equals_the_whole_batch(tiny_gpt2, monkeypatch):
+    """Fluency takes the log-sum-exp over the vocabulary a few rows at a time: the same mean log-probabilities,
+    to the bit, as over the whole batch at once."""
+    from saesteer.evaluation import text_metrics
+
+    prompt = [50256, 464, 3797]
+    conts = [[318, 257, 922], [11], [290, 612, 837, 13, 198], [262, 3290], [11, 290]]
+    one = [c[:1] for c in conts]  # one position per row: blocks keep two rows at least
+    for cs in (conts, one):
+        whole = _whole_batch_fluency(tiny_gpt2, prompt, cs)
+        positions = max(len(c) for c in cs)
+        for rows in (1, 2):  # rows per block (5 rows: with 2, the lone last row joins the block before it)
+            monkeypatch.setattr(text_metrics, "LOGSUMEXP_BLOCK", rows * positions * 50257)
+            assert text_metrics.mean_logprob(tiny_gpt2, prompt, cs) == whole, (positions, rows)

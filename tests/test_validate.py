@@ -159,6 +159,16 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys):
     assert "bad value list" in capsys.readouterr().err
 
 
+def test_a_model_without_tokenizer_files_is_refused_before_any_work(tiny_gpt2, tmp_path, capsys):
+    """transformers 5 gives such a folder an empty tokenizer (special tokens only), which saesteer takes as none."""
+    tiny_gpt2.save_pretrained(tmp_path / "bare")  # weights and config only
+    capsys.readouterr()
+    assert run(["validate", "--model", str(tmp_path / "bare"), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer (no tokenizer files beside config.json)" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
 # --------------------------------------------------------------------------- permutation nulls
 def test_rank_matrix_agrees_with_the_readback_ranks_of_top():
     import torch

@@ -80,7 +80,8 @@ class LoadedModel:
     def encode(self, text: str, *, prepend_bos: bool = True) -> list[int]:
         """Token ids of ``text``, with the BOS token in front by default (as TransformerLens does)."""
         if self.tokenizer is None:
-            raise SaesteerError("this model has no tokenizer; pass token ids, or load it with a tokenizer")
+            raise SaesteerError("this model has no tokenizer (a model directory needs its tokenizer files beside"
+                                " config.json); pass token ids, or load it with a tokenizer")
         check_utf8(text)
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
         if prepend_bos:
@@ -148,6 +149,17 @@ def wrap_model(model: nn.Module, tokenizer=None, *, name: str | None = None) -> 
     return LoadedModel(model=model, tokenizer=tokenizer, name=str(name), bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
 
 
+def _real_tokenizer(tokenizer):
+    """``tokenizer``, or None when it holds nothing but special tokens: given a folder without tokenizer files,
+    transformers 5 builds such an empty one (GPT-2's class from the config), which turns every text into no
+    tokens at all."""
+    try:
+        special = set(tokenizer.all_special_ids)
+        return tokenizer if len(tokenizer) > len(special) else None
+    except (AttributeError, TypeError):
+        return tokenizer
+
+
 def _cached(repo: str) -> bool:
     """Whether the hub cache already holds this repo's config (then no network is needed)."""
     from huggingface_hub import try_to_load_from_cache
@@ -195,7 +207,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local_only)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+            tokenizer = _real_tokenizer(AutoTokenizer.from_pretrained(source, local_files_only=local_only))
         except (OSError, ValueError):
             tokenizer = None
     except OSError as exc:

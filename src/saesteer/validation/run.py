@@ -317,6 +317,9 @@ def validate(config: ValidationConfig | None = None, *, out: str | os.PathLike |
     out_dir = Path(out) if out is not None else None
     machine, t, start = _machine(), {}, time.perf_counter()
     lm = load_model(str(cfg.model))
+    if lm.tokenizer is None:  # firing words, prompts and texts are all text: say so before any work
+        raise SaesteerError(f"validate reads the model's text, but {cfg.model} has no tokenizer (no tokenizer files"
+                            " beside config.json); save the model's tokenizer there (tokenizer.save_pretrained)")
     cfg = fit_context(cfg, lm.max_positions)
     hook = cfg.hook or _middle_hook(lm.model)
     sae, stats, reference, facts = _train_and_facts(lm, hook, cfg, out_dir, progress, t)

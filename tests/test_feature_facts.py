@@ -137,6 +137,22 @@ def test_fingerprints_follow_weights_not_objects(tiny_sae):
     assert ff.model_fingerprint(m1) != ff.model_fingerprint(m2)
 
 
+@pytest.mark.parametrize("family,overrides", [
+    ("llama", {"rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),  # transformers 5 keeps theta here
+    ("gpt_neo", {"window_size": 2}),
+])
+def test_model_fingerprint_tells_configs_apart_that_change_outputs_for_the_same_weights(family, overrides):
+    from _tiny_models import make_tiny
+
+    same, other = make_tiny(family), make_tiny(family, **overrides)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), other.state_dict().values()))
+    ids = torch.arange(1, 13)[None]
+    with torch.no_grad():  # the config change is real: the logits differ
+        assert not torch.allclose(same(ids).logits, other(ids).logits)
+    assert ff.model_fingerprint(same) == ff.model_fingerprint(make_tiny(family))
+    assert ff.model_fingerprint(same) != ff.model_fingerprint(other)
+
+
 def test_words_keep_the_spaces_a_lone_token_loses():
     from saesteer.evaluation.text_metrics import token_words
 

@@ -21,7 +21,10 @@ def digest_tensor(h, name: str, t: Tensor, max_elements: int = 1 << 16) -> None:
 
 _ARCH_KEYS = ("model_type", "n_head", "num_attention_heads", "num_key_value_heads", "layer_norm_epsilon",
               "rms_norm_eps", "rope_theta", "activation_function", "hidden_act", "scale_attn_weights",
-              "scale_attn_by_inverse_layer_idx")
+              "scale_attn_by_inverse_layer_idx", "rope_parameters", "rope_scaling", "rotary_dim", "rotary_pct",
+              "partial_rotary_factor", "window_size", "attention_layers", "sliding_window", "use_parallel_residual")
+"""Config fields that change a model's outputs for the same weights (transformers 5 keeps RoPE's theta and
+partial factor in ``rope_parameters``; GPT-Neo's local window, GPT-J's rotary width, GPT-NeoX's parallel blocks)."""
 
 
 def model_fingerprint(model) -> str:

@@ -10,8 +10,10 @@ from saesteer.web.schemas import Schema
 METRIC_MEANINGS = {
     "score": "The sweep's score: firing-word and promoted-token hits, less a fluency and repetition penalty "
              "(text_metrics.score); higher steers more clearly.",
-    "steer": "Combined steer score: firing words plus the readback rank, with fluency and loops counted "
-             "(evaluation.steer_score).",
+    "steer": "Combined steer score: the firing-word and readback ranks against the other features' texts, with "
+             "fluency and loops counted (evaluation.steer_score).",
+    "word_rank": "Where the count of the feature's firing words in its own text ranks against every other swept "
+                 "feature's text at the same value (1 = best; evaluation.word_rank).",
     "readback": "Model-internal measure: the feature's mean activation when the unsteered model reads the "
                 "steered text back.",
     "readback_rank": "Where the feature's own readback ranks against every other swept feature's text at the same "

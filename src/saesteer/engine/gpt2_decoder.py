@@ -59,20 +59,26 @@ class GPT2Decoder(Decoder):
             self.unembed_screen = Linear(self.unembed_weight, None, dtype=torch.bfloat16, device=device, pack=pack)
 
     def _read_config(self, cfg) -> None:
-        self.n_layers = cfg.n_layer
-        self.d_model = cfg.n_embd
-        self.n_heads = self.n_kv_heads = cfg.n_head
+        """Shapes and constants, by the config's standard names (GPT-2's and GPT-Neo's configs both map them)."""
+        self.n_layers = cfg.num_hidden_layers
+        self.d_model = cfg.hidden_size
+        self.n_heads = self.n_kv_heads = cfg.num_attention_heads
         self.head_dim = self.d_model // self.n_heads
-        self.d_mlp = cfg.n_inner or 4 * self.d_model
+        self.d_mlp = self._mlp_width(cfg) or 4 * self.d_model
         self.vocab_size = cfg.vocab_size
-        self.max_positions = cfg.n_positions
+        self.max_positions = cfg.max_position_embeddings
         self.eps = cfg.layer_norm_epsilon
         self.act = ACTIVATIONS[cfg.activation_function]
-        self._scale = [
-            (self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
-            / (float(i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0)
-            for i in range(self.n_layers)
-        ]
+        self._scale = self._attn_scales(cfg)
+
+    def _attn_scales(self, cfg) -> list[float]:
+        """Per layer, the factor on the attention scores."""
+        return [(self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0)
+                / (float(i + 1) if cfg.scale_attn_by_inverse_layer_idx else 1.0) for i in range(self.n_layers)]
+
+    @staticmethod
+    def _mlp_width(cfg) -> int | None:
+        return cfg.n_inner
 
     def _linear(self, weight: Tensor, bias: Tensor | None, rows_hint: int = 256) -> Linear:
         """``weight [out, in]`` in the compute dtype (packed on CPU)."""

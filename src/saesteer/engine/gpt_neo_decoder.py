@@ -31,17 +31,15 @@ def gpt_neo_unsupported(model: nn.Module) -> str | None:
 
 class GPTNeoDecoder(GPT2Decoder):
     def _read_config(self, cfg) -> None:
-        self.n_layers = cfg.num_layers
-        self.d_model = cfg.hidden_size
-        self.n_heads = self.n_kv_heads = cfg.num_heads
-        self.head_dim = self.d_model // self.n_heads
-        self.d_mlp = cfg.intermediate_size or 4 * self.d_model
-        self.vocab_size = cfg.vocab_size
-        self.max_positions = cfg.max_position_embeddings
-        self.eps = cfg.layer_norm_epsilon
-        self.act = ACTIVATIONS[cfg.activation_function]
-        self._scale = [1.0] * self.n_layers  # GPT-Neo does not scale its attention scores
+        super()._read_config(cfg)
         self.windows = [cfg.window_size if kind == "local" else None for kind in cfg.attention_layers]
+
+    def _attn_scales(self, cfg) -> list[float]:
+        return [1.0] * self.n_layers  # GPT-Neo does not scale its attention scores
+
+    @staticmethod
+    def _mlp_width(cfg) -> int | None:
+        return cfg.intermediate_size
 
     def _linears(self, blk: nn.Module) -> dict:
         attn, mlp = blk.attn.attention, blk.mlp

@@ -23,7 +23,7 @@ firing words: a fluent text whose count of the feature's firing words is in the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,13 +43,11 @@ class Group:
     rank: torch.Tensor
     fluent: torch.Tensor
     changed: torch.Tensor
-    word_rank: torch.Tensor | None = None
-    """``rank_matrix`` of ``hits`` (None: computed from them when first needed)."""
+    word_rank: torch.Tensor = field(init=False)
+    """``rank_matrix`` of ``hits``: derived from them."""
 
-    def word_ranks(self) -> torch.Tensor:
-        if self.word_rank is None:
-            self.word_rank = rank_matrix(self.hits.float(), self.changed)
-        return self.word_rank
+    def __post_init__(self) -> None:
+        self.word_rank = rank_matrix(self.hits.float(), self.changed)
 
 
 def hits_matrix(texts: list[str], firing_words: list[list[str]]) -> torch.Tensor:
@@ -94,7 +92,7 @@ def passes(groups: list[Group], levels: torch.Tensor, perm: torch.Tensor) -> dic
         out["words"] |= w
         out["readback"] |= r
         out["both"] |= w & r
-        out["word_rank"] |= fluent & (excess >= 1) & (g.word_ranks()[perm, idx] >= 1.0 - TOP_FRACTION)
+        out["word_rank"] |= fluent & (excess >= 1) & (g.word_rank[perm, idx] >= 1.0 - TOP_FRACTION)
     return out
 
 
@@ -151,5 +149,4 @@ def group_of(records: list[dict], n: int, firing_words: list[list[str]]) -> Grou
     rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
     keep = cols_t < n                                    # latents beyond the swept features are not ranked
     readback[rows_t[keep], cols_t[keep]] = torch.tensor(vals, dtype=torch.float32)[keep]
-    hits = hits_matrix(texts, firing_words)
-    return Group(hits, rank_matrix(readback, changed), fluent, changed, rank_matrix(hits.float(), changed))
+    return Group(hits_matrix(texts, firing_words), rank_matrix(readback, changed), fluent, changed)

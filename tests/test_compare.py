@@ -356,3 +356,32 @@ def test_a_config_equals_its_keywords_and_relative_values_are_multiples(st, acti
     assert rel.prompts[0].settings[0].clamps[0].value == pytest.approx(2.0 * peak)
     with pytest.raises(TypeError, match="unexpected keywords: nope"):
         compare(st, PROMPT, active, values=[1.0], nope=1)
+
+
+def test_the_report_shows_each_features_ranks_in_a_sweep(small_steerer, reference_story, tmp_path, monkeypatch):
+    """With ``sweep=``, the report shows the features' results there as ``saesteer top`` ranks them; without,
+    it says the ranks are not measured."""
+    from saesteer.evaluation.report import comparison_text
+    from saesteer.sweep import Sweep
+    from saesteer.sweep.rank import top
+
+    monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sw"
+    Sweep(small_steerer, out=out, readback=True, features="0:8", values=[20, -10], reference_text=reference_story,
+          max_new_tokens=6).results()
+    want = [(r.feature, r.value, r.steer, r.word_rank, r.readback_rank, r.text)
+            for r in top(out, n=None, all_values=True) if r.feature in (5, 6)]
+    cmp = compare(small_steerer, None, [5, 6, 9], values=[20.0], max_new_tokens=4, facts=False, sweep=str(out))
+    got = [(r["feature"], r["value"], r["steer"], r["word_rank"], r["readback_rank"], r["text"]) for r in cmp.sweep_results]
+    assert got == want and len(got) == 4 and any(r[4] is not None for r in got)
+    html = cmp.to_html(plot=b"")
+    assert "In the sweep" in html and f"{want[0][2]:.3f}" in html and "Not in the sweep: 9." in html
+    assert cmp.to_dict()["sweep_results"] == cmp.sweep_results and f"{want[0][4]:.3f}" in comparison_text(cmp)
+    plain = compare(small_steerer, None, [5], values=[20.0], max_new_tokens=4, facts=False)
+    assert plain.sweep_results is None and "not measured" in plain.to_html(plot=b"")
+    assert "not measured" in comparison_text(plain)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"format": "saesteer-sweep", "sweep": {"hook": "blocks.0.hook_resid_pre"}}))
+    with pytest.raises(SaesteerError, match="not at blocks.1.hook_resid_post"):
+        compare(small_steerer, None, [5], values=[20.0], max_new_tokens=4, facts=False, sweep=str(other))

@@ -95,9 +95,9 @@ def test_info(client, steerer):
     assert info["limits"]["max_positions"] == 128 and info["limits"]["queue_size"] == 8
     a, b = info["results"]
     assert (a["id"], a["label"], a["rows"], a["features"]) == (0, "sweep-a", 80, 40)
-    assert a["metrics"][0] == "score" and "fluency_drop" in a["metrics"]
+    assert a["metrics"][:2] == ["steer", "score"] and "fluency_drop" in a["metrics"]  # ranked as saesteer top
     assert a["unsteered"] == " the unsteered text" and a["prompt"] is None
-    assert (b["label"], b["rows"], b["metrics"], b["prompt"]) == ("sweep-b", 7, ["clamp"], "Once upon a time")
+    assert (b["label"], b["rows"], b["metrics"], b["prompt"]) == ("sweep-b", 7, ["steer", "clamp"], "Once upon a time")
 
 
 # --------------------------------------------------------------------------- generate
@@ -232,8 +232,10 @@ def test_compare_is_a_strength_curve(client, steerer, facts):
 
 
 # --------------------------------------------------------------------------- feature
-def test_feature_page_data(client, steerer, facts):
+def test_feature_page_data(client, steerer, facts, folders):
     import torch
+
+    from saesteer.sweep.rank import annotate_folder
 
     from saesteer.models.hook_sites import unembed_directions
 
@@ -255,7 +257,8 @@ def test_feature_page_data(client, steerer, facts):
     assert card["contexts"][0]["activation"] == pytest.approx(facts[active].max_activation)
     (a,) = [s for s in out["sweeps"] if s["label"] == "sweep-a"]
     (b,) = [s for s in out["sweeps"] if s["label"] == "sweep-b"]
-    assert [r["value"] for r in a["rows"]] == sorted([10.0, 40.0], key=lambda v: -row_score(7, v))
+    mine = sorted((r for r in annotate_folder(folders[0])[0] if r["feature"] == 7), key=lambda r: (-r["steer"], -r["score"]))
+    assert [(r["value"], r["metrics"]["steer"]) for r in a["rows"]] == [(r["value"], r["steer"]) for r in mine]
     assert all(SPECIAL[7] in r["text"] for r in a["rows"] + b["rows"])
     assert out["suggested_value"] == a["rows"][0]["value"]
     assert [s["label"] for s in client.get("/api/feature/100").json()["sweeps"]] == []
@@ -331,13 +334,13 @@ def search(client, **params):
 
 
 def test_search_sorts_and_paginates(client):
-    full = search(client, limit=200)
+    full = search(client, sort="score", limit=200)
     assert full["total"] == 80 and len(full["rows"]) == 80
     scores = [r["metrics"]["score"] for r in full["rows"]]
     assert scores == sorted(scores, reverse=True)
     asc = search(client, sort="score", order="asc", limit=200)
     assert [r["metrics"]["score"] for r in asc["rows"]] == sorted(scores)
-    pages = [search(client, offset=o, limit=25) for o in (0, 25, 50, 75)]
+    pages = [search(client, sort="score", offset=o, limit=25) for o in (0, 25, 50, 75)]
     assert [len(p["rows"]) for p in pages] == [25, 25, 25, 5]
     assert [(r["feature"], r["value"]) for p in pages for r in p["rows"]] == \
         [(r["feature"], r["value"]) for r in full["rows"]]
@@ -347,7 +350,7 @@ def test_search_sorts_and_paginates(client):
     assert drops[:-8] == sorted(drops[:-8], reverse=True)
     feats = search(client, sort="feature", order="asc", limit=5)["rows"]
     assert [(r["feature"], r["value"]) for r in feats] == [(0, 10.0), (0, 40.0), (1, 10.0), (1, 40.0), (2, 10.0)]
-    best = search(client, per_feature=True, limit=200)
+    best = search(client, sort="score", per_feature=True, limit=200)
     assert best["total"] == 40 and len({r["feature"] for r in best["rows"]}) == 40
     for r in best["rows"]:
         assert r["metrics"]["score"] == max(row_score(r["feature"], v) for v in (10, 40))
@@ -417,6 +420,7 @@ def test_results_folder_follows_a_running_sweep(tmp_path, monkeypatch):
 def test_a_real_sweep_folder(tmp_path, steerer, facts, monkeypatch):
     """A folder written by ``saesteer.sweep`` itself (relative values: ``clamp`` is the latent value)."""
     from saesteer.sweep import Sweep
+    from saesteer.sweep.rank import top
     from saesteer.web.app import create_app
 
     monkeypatch.setenv("SAESTEER_CACHE", str(tmp_path / "cache"))
@@ -427,18 +431,21 @@ def test_a_real_sweep_folder(tmp_path, steerer, facts, monkeypatch):
     with LiveServer(create_app(steerer, [out])) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         (info,) = c.get("/api/info").json()["results"]
         assert (info["label"], info["rows"], info["features"], info["prompt"]) == ("real-sweep", 12, 6, PROMPT)
-        assert info["metrics"][0] == "score" and {"clamp", "fire_hits", "lens_hits", "repetition"} <= set(info["metrics"])
+        assert info["metrics"][:2] == ["steer", "score"]
+        assert {"clamp", "fire_hits", "lens_hits", "repetition", "word_rank"} <= set(info["metrics"])
         assert info["unsteered"] == steerer.generate(PROMPT, max_new_tokens=6).text
         page = c.get("/api/search", params={"sort": "feature", "order": "asc", "limit": 100}).json()
         assert [(r["feature"], r["value"], r["text"]) for r in page["rows"]] == \
             sorted((r.feature, r.value, r.text) for r in results)
-        best = max(results, key=lambda r: (r.score, -r.feature))
-        top = c.get("/api/search", params={"limit": 1}).json()["rows"][0]
-        assert top["metrics"]["score"] == pytest.approx(best.score)
+        best = top(out, n=1)[0]  # the browser's default order is saesteer top's
+        first = c.get("/api/search", params={"limit": 1}).json()["rows"][0]
+        assert (first["feature"], first["value"], first["metrics"]["steer"]) == (best.feature, best.value, best.steer)
         card = c.get(f"/api/feature/{best.feature}").json()
         assert card["facts_from"] == "real-sweep"  # the sweep saved its facts in the folder
-        mine = sorted((r for r in results if r.feature == best.feature), key=lambda r: -r.score)
-        assert card["suggested_value"] == pytest.approx(mine[0].clamp)
+        mine = top(out, n=None, all_values=True)
+        mine = [r for r in mine if r.feature == best.feature]
+        assert card["suggested_value"] == pytest.approx([r for r in results if r.feature == best.feature
+                                                         and r.value == best.value][0].clamp)
         assert [r["text"] for r in card["sweeps"][0]["rows"]] == [r.text for r in mine]
 
 

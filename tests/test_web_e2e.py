@@ -155,6 +155,8 @@ def test_playground_sweeps_and_feature_page(browser, server, steerer, facts, sho
     assert find(By.ID, "np-link").get_attribute("href") == f"https://www.neuronpedia.org/{NEURONPEDIA_ID}/19"
     texts = [td.text for td in d.find_elements(By.CSS_SELECTOR, "#feature-sweeps td.text")]
     assert len(texts) == 2 and all(SPECIAL[19] in t for t in texts)
+    first = d.find_elements(By.CSS_SELECTOR, "#feature-sweeps table")[0]  # sweep-a's rows with their ranks
+    assert [th.text for th in first.find_elements(By.TAG_NAME, "th")][:4] == ["value", "steer", "score", "word_rank"]
     suggested = d.execute_script("return state.featureData.suggested_value")
     find(By.ID, "to-playground").click()
     wait(d, lambda d: not find(By.ID, "view-playground").get_attribute("hidden"))
@@ -217,6 +219,9 @@ def test_features_by_meaning_strength_sliders_and_what_changed(browser, server, 
     wait(d, lambda d: text_of(d, "#sweep-total") == "80 rows")
     heads = [th.text for th in d.find_elements(By.CSS_SELECTOR, "#sweep-table thead th")]
     assert "firing words" in heads and "lens tokens" in heads
+    assert heads[:4] == ["feature", "value", "steer ▼", "score"] and "word_rank" in heads  # saesteer top's order
+    steer_head = find(By.XPATH, "//table[@id='sweep-table']//th[starts-with(text(), 'steer')]")
+    assert "firing-word and readback ranks" in steer_head.get_attribute("title")
     score_head = find(By.XPATH, "//table[@id='sweep-table']//th[starts-with(text(), 'score')]")
     assert "fluency" in score_head.get_attribute("title")
     find(By.ID, "meaning-q").send_keys("lighthouse")

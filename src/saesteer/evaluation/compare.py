@@ -59,6 +59,8 @@ from saesteer.evaluation.token_text import token_pieces
 from saesteer.steering.clamp import FeatureClamp
 from saesteer.steering.values import check_value
 from saesteer.strength import relative_settings
+from saesteer.sweep import store as sweep_store
+from saesteer.sweep.rank import top
 
 __all__ = ["CompareConfig", "Comparison", "Continuation", "METRICS", "METRIC_LABELS", "PromptComparison", "Setting",
            "Stat", "TESTED", "compare", "next_token_kl", "paired_sign_flip_p", "parse_clamp_values", "parse_feature_or_clamp",
@@ -220,6 +222,7 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, config:
     features = sorted({cl.feature for cl in settings_spec[0][2]})
     for f in features:
         sae.check_feature(f)
+    swept = sweep_results(c.sweep, features, hook) if c.sweep is not None else None
     facts = _facts_of(steerer, c, facts, progress)
     targets = _targets_for(facts, features)
     gen_kwargs = dict(mode=c.mode, max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
@@ -241,7 +244,21 @@ def compare(steerer, prompts: str | None | Sequence[str | None], clamps, config:
         samples=c.samples, temperature=c.temperature, top_p=c.top_p, seed=c.seed, max_new_tokens=c.max_new_tokens,
         prepend_bos=c.prepend_bos, prompts=results, targets=target_info, cards=card_list,
         reference=dict(facts.meta.get("reference", {})) if facts is not None else None,
+        sweep=None if c.sweep is None else str(c.sweep), sweep_results=swept,
     )
+
+
+def sweep_results(directory, features: Sequence[int], hook: str) -> list[dict]:
+    """The features' results in a sweep folder as ``saesteer top --all-values`` ranks them (best first):
+    ``feature``, ``value``, ``steer``, ``word_rank``, ``readback_rank``, ``score``, ``text``. A sweep at
+    another hook is refused in one line."""
+    swept_hook = ((sweep_store.read_manifest(directory) or {}).get("sweep") or {}).get("hook")
+    if swept_hook is not None and swept_hook != hook:
+        raise SaesteerError(f"the sweep in {directory} clamped features at {swept_hook}, not at {hook}; give a"
+                            " sweep of the same SAE")
+    wanted = set(features)
+    return [{k: r.to_dict()[k] for k in ("feature", "value", "steer", "word_rank", "readback_rank", "score", "text")}
+            for r in top(directory, n=None, all_values=True) if r.feature in wanted]
 
 
 def _prompt_list(prompts) -> list[str | None]:

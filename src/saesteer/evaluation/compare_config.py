@@ -127,6 +127,11 @@ class CompareConfig(ReferenceSettings, Config):
     use_facts: bool = setting(True, cli_name="--no-facts",
                               help="Skip feature facts: no on-target hits, no feature cards.")
     cards: bool = setting(True, cli=False, help="Add the feature card of each clamped feature (needs facts).")
+    sweep: str | None = setting(
+        None, metavar="DIR", path="dir",
+        help="A sweep folder of the same SAE: the report adds each clamped feature's results there (its text,"
+             " steer, word rank and readback rank, as saesteer top gives them). Without it the ranks are not"
+             " measured: they rank a feature's text against every other swept feature's.")
     cache_dir: str | None = _cache_dir_setting()
 
     def normalise(self) -> None:

@@ -107,6 +107,11 @@ class Comparison:
     cards: list = field(default_factory=list)
     """``FeatureCard`` of each clamped feature (facts only; the comparison holds the steered text)."""
     reference: dict | None = None
+    sweep: str | None = None
+    """The sweep folder the ranks come from (``CompareConfig.sweep``; None: ranks not measured)."""
+    sweep_results: list[dict] | None = None
+    """The features' results in that sweep, best first (``compare.sweep_results``: text, steer, word and
+    readback ranks as ``saesteer top`` gives them)."""
     _png: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def table(self) -> list[dict]:
@@ -129,7 +134,8 @@ class Comparison:
             "values": self.values, "samples": self.samples, "temperature": self.temperature, "top_p": self.top_p,
             "seed": self.seed, "max_new_tokens": self.max_new_tokens, "prepend_bos": self.prepend_bos,
             "kl": "KL(p_steered || p_unsteered) per generated position, nats, along the steered text",
-            "targets": self.targets, "reference": self.reference,
+            "targets": self.targets, "reference": self.reference, "sweep": self.sweep,
+            "sweep_results": self.sweep_results,
             "prompts": [p.to_dict() for p in self.prompts],
             "cards": [c.to_dict() for c in self.cards],
         }

@@ -109,6 +109,8 @@ def comparison_body(cmp, png: bytes | None) -> str:
     return str(render("comparison.html.j2", cmp=cmp, png=png, generation=gen, targets=targets,
                       features=", ".join(str(f) for f in cmp.features),
                       values=", ".join(f"{v:g}" for v in cmp.values) if cmp.values is not None else "as given",
+                      unswept=", ".join(str(f) for f in cmp.features
+                                        if f not in {r["feature"] for r in cmp.sweep_results or ()}),
                       cards=[render("card.html.j2", card=c, reference=reference_text(c.reference))
                              for c in (cmp.cards or ())]))
 
@@ -156,4 +158,16 @@ def comparison_text(cmp, *, color: bool = False) -> str:
             for c in s.continuations[1:]:
                 out.append(f"  {'':<{width}}  {'#' + str(c.sample):>6}  {'':>9}  {'':>7}  {'':>5}"
                            + (f"  {'':>11}" if cmp.samples > 1 else "") + "  " + one_line(c.text))
-    return "\n".join(out)
+    return "\n".join(out + _sweep_lines(cmp))
+
+
+def _sweep_lines(cmp) -> list[str]:
+    """The features' results in the sweep (``--sweep``), as ``saesteer top`` ranks them."""
+    if cmp.sweep_results is None:
+        return ["", "steer, word rank, readback rank: not measured (they need a sweep: --sweep DIR)"]
+    out = ["", f"In the sweep {cmp.sweep} (as saesteer top ranks them; ranks: 1 = above every other feature's text)",
+           f"  {'feature':>7}  {'value':>7}  {'steer':>6}  {'words':>6}  {'readback':>8}  text"]
+    for r in cmp.sweep_results:
+        out.append(f"  {r['feature']:>7}  {fmt(r['value'], 3):>7}  {fmt(r['steer'], 3):>6}  {fmt(r['word_rank'], 3):>6}"
+                   f"  {fmt(r['readback_rank'], 3):>8}  {one_line(r['text'])}")
+    return out

@@ -26,6 +26,8 @@ CREATE VIRTUAL TABLE rows_fts USING fts5(text, content='rows', content_rowid='id
 CREATE TABLE meaning(feature INTEGER PRIMARY KEY, words TEXT NOT NULL, lens TEXT NOT NULL);
 CREATE VIRTUAL TABLE meaning_fts USING fts5(words, lens, content='meaning', content_rowid='feature');
 """
+THEN = {"steer": "score"}
+"""The metric that breaks ties of a sort (``saesteer top``'s order: steer, then score)."""
 SEP = "\n"
 """Between the words (and tokens) of one feature in the ``meaning`` table."""
 
@@ -113,8 +115,7 @@ class ResultsDB:
             if read:
                 c.execute("INSERT INTO rows_fts(rowid, text) SELECT id, text FROM rows WHERE id > ?", (first,))
                 c.execute("INSERT OR IGNORE INTO features SELECT DISTINCT feature FROM rows WHERE id > ?", (first,))
-                for (name,) in c.execute("SELECT name FROM sqlite_master WHERE name LIKE 'firsts_%'").fetchall():
-                    c.execute(f"DROP TABLE {name}")
+                self._drop_firsts()
                 offset = self.offset + read
                 c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                               [("offset", offset), ("inode", inode), ("head", head[:min(offset, len(head))])])
@@ -128,7 +129,41 @@ class ResultsDB:
             self._count = None
         return read
 
+    def _drop_firsts(self) -> None:
+        for (name,) in self.conn.execute("SELECT name FROM sqlite_master WHERE name LIKE 'firsts_%'").fetchall():
+            self.conn.execute(f"DROP TABLE {name}")
+
+    def ranks_stamp(self):
+        got = self.conn.execute("SELECT value FROM meta WHERE key = 'ranks_stamp'").fetchone()
+        return got[0] if got else None
+
+    def set_ranks(self, names, rows, stamp: str) -> None:
+        """Replace the metric columns ``names`` (added where new) with ``rows`` of ``(feature, value, *numbers)``,
+        every row of that feature and value; rows not given get NULL. One transaction."""
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            self._add_metrics(names)
+            cols = [self._column(n) for n in names]
+            if cols:
+                c.execute("UPDATE rows SET " + ", ".join(f"{x} = NULL" for x in cols))
+                c.executemany("UPDATE rows SET " + ", ".join(f"{x} = ?" for x in cols) + " WHERE feature = ? AND value = ?",
+                              [(*nums, f, v) for f, v, *nums in rows])
+            self._drop_firsts()
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('ranks_stamp', ?)", (stamp,))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            self._metrics = None
+            raise
+
     # ----------------------------------------------------------------- reading
+    def best_sort(self) -> tuple[str, str]:
+        """The order that puts a folder's best rows first: ``steer`` (``saesteer top``'s), else ``score``, else
+        by value."""
+        names = self.metric_names()
+        return next(((m, "desc") for m in ("steer", "score") if m in names), ("value", "asc"))
+
     def count(self) -> int:
         if self._count is None:
             self._count = self.conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0]
@@ -157,8 +192,13 @@ class ResultsDB:
     def _order(self, sort: str, order: str) -> tuple[str, str]:
         """(ORDER BY terms, a name for them); the matching index is made on first use."""
         col, d = self._column(sort), "DESC" if order == "desc" else "ASC"
-        terms = f"{col} IS NULL, {col} {d}, feature, value IS NULL, value"
-        name = f"{col}_{d.lower()}"
+        then = THEN.get(sort)
+        if then in self.metric_names():  # ties broken as saesteer top breaks them
+            col2 = self._column(then)
+            terms, name = f"{col} IS NULL, {col} {d}, {col2} IS NULL, {col2} {d}", f"{col}_{col2}_{d.lower()}"
+        else:
+            terms, name = f"{col} IS NULL, {col} {d}", f"{col}_{d.lower()}"
+        terms += ", feature, value IS NULL, value"
         try:
             self.conn.execute(f"CREATE INDEX IF NOT EXISTS order_{name} ON rows({terms})")
         except sqlite3.OperationalError:  # a read-only file: sorted without the index
@@ -287,8 +327,7 @@ class ResultsDB:
         return out
 
     def _best_text(self, feature: int, match: str | None) -> str | None:
-        sort = "score" if "score" in self.metric_names() else "value"
-        terms, _ = self._order(sort, "desc" if sort == "score" else "asc")
+        terms, _ = self._order(*self.best_sort())
         where, params = "feature = ?", [feature]
         if match is not None:
             where += " AND id IN (SELECT rowid FROM rows_fts WHERE rows_fts MATCH ?)"

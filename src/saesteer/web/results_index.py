@@ -11,11 +11,17 @@ A running sweep keeps appending to ``results.jsonl``: a folder is checked for ch
 (a new file in its place, or shorter, or a different start) is indexed again whole. A last line without its
 newline is left for the next look. Folders are given when the server starts and named by their position;
 nothing here takes a path from a request.
+
+The ranks ``saesteer top`` shows (``steer``, ``word_rank``, ``readback_rank``...; ``results_ranks``) are
+computed for the whole folder when it is opened and the index does not hold them for the folder as it is,
+and again after lines were added (or the facts or manifest changed), in a background thread, at most every
+``RANK_INTERVAL_S`` seconds and at most ``RANK_SHARE`` of the time, so that a page never waits for them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -27,8 +33,14 @@ from saesteer.evaluation.facts_table import FactsTable
 from saesteer.sweep.store import FACTS, MANIFEST, RESULTS, read_manifest_lenient
 from saesteer.web.results_db import ResultsDB
 from saesteer.web.results_format import Row, is_results_folder
+from saesteer.web.results_ranks import RANK_FIELDS, folder_ranks
 
 RELOAD_INTERVAL_S = 5.0
+RANK_INTERVAL_S = 60.0
+"""A running sweep's ranks are computed again at most this often (seconds), and only once lines were added."""
+RANK_SHARE = 0.1
+"""...and at most this share of the time: after a recompute that took ``t`` seconds, the next waits at least
+``t / RANK_SHARE`` (a 100k-row sweep with readback vectors takes a minute or more)."""
 LENS_SHOWN = 8
 """Logit-lens tokens kept per feature for the search by meaning."""
 DB_NAME = "browse.sqlite"
@@ -47,11 +59,19 @@ class ResultsFolder:
         self.id = id
         self._lock = threading.RLock()
         self._checked = 0.0
+        self._ranked_at = -math.inf
+        self._rank_cost = 0.0
+        """Seconds the last recompute took."""
+        self._tried: tuple | None = None
+        """``(id of the index, stamp)`` of the last ranks computed (a read-only index cannot keep its stamp)."""
+        self.ranker: threading.Thread | None = None
+        """The background thread computing the ranks, while one runs."""
         self.manifest = read_manifest_lenient(self.path)
         self._manifest_stamp = self._stamp(MANIFEST)
         self.db = self._open()
         self._read_new()
         self._read_meanings()
+        self._update_ranks(wait=True)
 
     # ----------------------------------------------------------------- the database file
     def _stamp(self, name: str):
@@ -142,6 +162,42 @@ class ResultsFolder:
                 self.manifest, self._manifest_stamp = read_manifest_lenient(self.path), stamp
             self._read_new()
             self._read_meanings()
+            self._update_ranks(wait=force)
+
+    def _rank_stamp(self) -> str:
+        """What the ranks were computed from: the indexed log, the facts and the manifest."""
+        return json.dumps([self.db.offset, self._stamp(f"{FACTS}/facts.json"), self._manifest_stamp])
+
+    def _update_ranks(self, wait: bool = False) -> None:
+        """Compute the ranks again where the folder changed since: now with ``wait``, else in the background
+        (at once for an index without ranks, else after ``RANK_INTERVAL_S`` and ``RANK_SHARE``)."""
+        stamp, held = self._rank_stamp(), self.db.ranks_stamp()
+        if self.ranker is not None or stamp == held or (id(self.db), stamp) == self._tried:
+            return
+        wait_s = max(RANK_INTERVAL_S, self._rank_cost / RANK_SHARE)
+        if not wait and held is not None and time.monotonic() - self._ranked_at < wait_s:
+            return
+        self._ranked_at, self._tried = time.monotonic(), (id(self.db), stamp)
+        args = (self.db, stamp, [n for n in RANK_FIELDS if n in self.db.metric_names()])
+        if wait:
+            self._rank(*args)
+            return
+        self.ranker = threading.Thread(target=self._rank, args=args, daemon=True, name=f"ranks of {self.label}")
+        self.ranker.start()
+
+    def _rank(self, db: ResultsDB, stamp: str, known: list[str]) -> None:
+        """Compute the folder's ranks (outside the lock) and write them into ``db`` if it is still the index."""
+        t0 = time.monotonic()
+        try:
+            names, rows = folder_ranks(self.path, known)
+            self._rank_cost = time.monotonic() - t0
+            with self._lock:
+                if db is self.db:
+                    db.set_ranks(names, rows, stamp)
+        except sqlite3.Error:  # a read-only index file, or one closed meanwhile: shown without ranks
+            pass
+        finally:
+            self.ranker = None
 
     def _read_meanings(self) -> None:
         """Index the firing words and lens tokens of the swept features, from ``facts/`` (when it changed)."""
@@ -177,12 +233,15 @@ class ResultsFolder:
     # ----------------------------------------------------------------- queries
     @property
     def metrics(self) -> list[str]:
-        """Metric names, ``score`` first, then in order of first appearance."""
+        """Metric names, ``steer`` and ``score`` first, then in order of first appearance."""
         names = self.db.metric_names()
-        if "score" in names:
-            names.remove("score")
-            names.insert(0, "score")
-        return names
+        first = [n for n in ("steer", "score") if n in names]
+        return first + [n for n in names if n not in first]
+
+    def best_sort(self) -> tuple[str, str]:
+        """``(sort, order)`` that puts the best rows first: ``steer`` where ranked, else ``score``, else value."""
+        with self._lock:
+            return self.db.best_sort()
 
     def sort_keys(self) -> list[str]:
         return ["feature", "value", *self.metrics]
@@ -196,22 +255,25 @@ class ResultsFolder:
         with self._lock:
             return self.db.rows_by_id([i + 1])[0]
 
-    def search(self, q: str = "", sort: str = "score", order: str = "desc", *, feature: int | None = None,
+    def default_sort(self) -> str:
+        """The sort of a search that names none: ``steer`` (``saesteer top``'s order), else ``score``, else feature."""
+        return next((m for m in ("steer", "score") if m in self.metrics), "feature")
+
+    def search(self, q: str = "", sort: str | None = None, order: str = "desc", *, feature: int | None = None,
                per_feature: bool = False, offset: int = 0, limit: int = 50) -> tuple[int, list[Row]]:
-        """``(total matching, rows of the page)``. ``sort`` must be one of :meth:`sort_keys`; rows without it
-        go last, ties by feature then value."""
+        """``(total matching, rows of the page)``. ``sort`` must be one of :meth:`sort_keys` (None:
+        :meth:`default_sort`); rows without it go last, ties by feature then value."""
         with self._lock:
+            sort = sort or self.default_sort()
             if sort not in self.sort_keys():
                 raise KeyError(sort)
             return self.db.search(q, sort, order, feature=feature, per_feature=per_feature, offset=offset,
                                   limit=limit)
 
     def feature_rows(self, feature: int) -> list[Row]:
-        """Rows of one feature, best score first (by value where there is no score)."""
+        """Rows of one feature, best first (:meth:`best_sort`)."""
         with self._lock:
-            sort = "score" if "score" in self.db.metric_names() else "value"
-            return self.db.search("", sort, "desc" if sort == "score" else "asc", feature=feature, offset=0,
-                                  limit=None)[1]
+            return self.db.search("", *self.db.best_sort(), feature=feature, offset=0, limit=None)[1]
 
     def summary(self) -> dict:
         with self._lock:

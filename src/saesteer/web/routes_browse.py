@@ -85,13 +85,13 @@ def search(query: Annotated[S.SearchQuery, Query()], request: Request) -> B.Sear
     """A page of one results folder's rows: full-text search over the generated texts, sorted by a
     metric, paginated; with the firing words and lens tokens of the features on the page."""
     folder = folder_of(request, query.results)
-    if query.sort not in folder.sort_keys():
-        raise InputError(("query", "sort"), f"unknown sort key {query.sort!r}; use one of"
-                                            f" {', '.join(folder.sort_keys())}")
-    total, rows = folder.search(query.q, query.sort, query.order, feature=query.feature,
+    sort = query.sort or folder.default_sort()
+    if sort not in folder.sort_keys():
+        raise InputError(("query", "sort"), f"unknown sort key {sort!r}; use one of {', '.join(folder.sort_keys())}")
+    total, rows = folder.search(query.q, sort, query.order, feature=query.feature,
                                 per_feature=query.per_feature, offset=query.offset, limit=query.limit)
     return B.SearchResponse(results=folder.id, label=folder.label, total=total, offset=query.offset,
-                            limit=query.limit, sort=query.sort, order=query.order, metrics=folder.metrics,
+                            limit=query.limit, sort=sort, order=query.order, metrics=folder.metrics,
                             rows=[B.ResultRow(**r.to_dict()) for r in rows],
                             meanings={str(f): B.FeatureMeaning(firing_words=w, lens_tokens=t)
                                       for f, (w, t) in folder.meanings(r.feature for r in rows).items()})

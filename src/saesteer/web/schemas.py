@@ -96,8 +96,9 @@ class SearchQuery(Schema):
     q: Annotated[str, Field(max_length=MAX_QUERY_CHARS)] = ""
     """Full-text search over the generated texts: every word must begin a word of the text (case-insensitive);
     ``"quoted phrases"`` must appear as written. Empty: every row."""
-    sort: Annotated[str, Field(max_length=64)] = "score"
-    """``feature``, ``value``, or a metric of the folder (``metrics`` in the answer); rows without it go last."""
+    sort: Annotated[str, Field(max_length=64)] = ""
+    """``feature``, ``value``, or a metric of the folder (``metrics`` in the answer); rows without it go last.
+    Empty: ``steer`` (``saesteer top``'s order) where the folder has it, else ``score``, else ``feature``."""
     order: Literal["asc", "desc"] = "desc"
     """Sort order."""
     feature: Annotated[int, Field(ge=0)] | None = None

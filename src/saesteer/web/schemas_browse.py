@@ -19,6 +19,7 @@ METRIC_MEANINGS = {
     "readback_rank": "Where the feature's own readback ranks against every other swept feature's text at the same "
                      "value (1 = best).",
     "readback_p": "Chance of a readback rank this good if the text carried no trace of the feature.",
+    "word_p": "Chance of a firing-word rank this good if the text carried no trace of the feature.",
     "clamp": "The latent value the feature was clamped to (value x max activation for relative sweeps).",
     "fire_hits": "Occurrences of the feature's firing words in the text.",
     "base_fire_hits": "Occurrences of the feature's firing words in the unsteered text.",
@@ -109,9 +110,9 @@ class FeatureResponse(Schema):
     firing_tokens: list[TokenScore]
     contexts: list[ActivationContext]
     sweeps: list[FeatureSweep]
-    """Its rows in every results folder, best score first."""
+    """Its rows in every results folder, best first (by ``steer`` where ranked, else ``score``)."""
     suggested_value: float | None
-    """The clamp value of its best-scoring sweep row (what the page sends to the playground)."""
+    """The clamp value of its best sweep row, by ``steer`` then ``score`` (what the page sends to the playground)."""
     histogram: ActivationHistogram | None = None
     """Its activations on the reference text (null without feature facts)."""
 
@@ -156,7 +157,7 @@ class FeatureHit(Schema):
     firing_words: list[str]
     lens_tokens: list[str]
     best_text: str | None
-    """Its best-scoring steered text that matches (or its best one)."""
+    """Its best steered text (by ``steer`` where ranked, else ``score``) that matches (or its best one)."""
 
 
 class FeatureSearchResponse(Schema):

@@ -166,7 +166,7 @@ class Service:
         else:
             out["lens_top"], out["lens_bottom"] = self.lens(feature)
         best = [r for s in sweeps for r in s["rows"][:1] if r["value"] is not None]
-        best.sort(key=lambda r: -(r["metrics"].get("score") or 0.0))
+        best.sort(key=lambda r: (-(r["metrics"].get("steer") or 0.0), -(r["metrics"].get("score") or 0.0)))
         out["sweeps"] = sweeps
         # the latent value itself: ``clamp`` where the sweep's values were relative to the max activation
         clamp = best[0]["metrics"].get("clamp") if best else None

@@ -10,7 +10,9 @@ const state = {
   feature: null,
   curve: null,
 };
-const SHOWN_METRICS = ["fire_hits", "lens_hits", "fluency_drop", "repetition"];
+const SHOWN_METRICS = ["word_rank", "readback_rank", "fire_hits", "lens_hits", "fluency_drop", "repetition"];
+const RANKED = ["steer", "score"]; // the browser's default order: saesteer top's (steer), else the sweep's score
+const FEATURE_ROW_METRICS = ["steer", "score", "word_rank", "readback_rank"];
 
 // ------------------------------------------------------------------------------------------ helpers
 function el(tag, attrs = {}, ...children) {
@@ -335,7 +337,7 @@ function textCell(text, re) {
 function sweepColumns() {
   const metrics = state.sweepMetrics;
   const cols = ["feature", "value"];
-  if (metrics.includes("score")) cols.push("score");
+  for (const m of RANKED) if (metrics.includes(m)) cols.push(m);
   cols.push("text");
   for (const m of SHOWN_METRICS) if (metrics.includes(m)) cols.push(m);
   if (!cols.includes(state.sweep.sort)) cols.push(state.sweep.sort);
@@ -422,6 +424,12 @@ async function loadSweeps() {
     if (folder.manifest.sae) ctx.push(`SAE: ${folder.manifest.sae}`);
   }
   $("#sweep-context").textContent = ctx.join("   ·   ");
+}
+
+function useDefaultSort() {
+  const folder = state.info && state.info.results.find((f) => f.id === state.sweep.results);
+  state.sweep.sort = (folder && RANKED.find((m) => folder.metrics.includes(m))) || "feature";
+  state.sweep.order = state.sweep.sort === "feature" ? "asc" : "desc";
 }
 
 function meaningOf(name) {
@@ -537,8 +545,8 @@ async function loadFeature(f, sae = 0) {
   }
   const blocks = data.sweeps.map((s) => {
     const table = el("table", { cls: "rows" });
-    const metrics = s.rows.length && "score" in s.rows[0].metrics ? ["score"] : [];
-    table.append(el("thead", {}, el("tr", {}, el("th", { text: "value" }), ...metrics.map((m) => el("th", { text: m })),
+    const metrics = FEATURE_ROW_METRICS.filter((m) => s.rows.some((r) => r.metrics[m] !== undefined && r.metrics[m] !== null));
+    table.append(el("thead", {}, el("tr", {}, el("th", { text: "value" }), ...metrics.map((m) => el("th", { text: m, title: meaningOf(m) })),
       el("th", { text: "text" }))));
     table.append(el("tbody", {}, ...s.rows.map((r) => el("tr", {}, el("td", { cls: "num", text: fmt(r.value) }),
       ...metrics.map((m) => el("td", { cls: "num", text: fmt(r.metrics[m]) })), el("td", { cls: "text", text: r.text })))));
@@ -696,7 +704,7 @@ async function start() {
   $("#sort").addEventListener("change", () => { state.sweep.sort = $("#sort").value; state.sweep.offset = 0; loadSweeps(); });
   $("#order").addEventListener("click", () => { state.sweep.order = state.sweep.order === "desc" ? "asc" : "desc"; state.sweep.offset = 0; loadSweeps(); });
   $("#per-feature").addEventListener("change", () => { state.sweep.per_feature = $("#per-feature").checked; state.sweep.offset = 0; loadSweeps(); });
-  $("#sweep-folder").addEventListener("change", () => { state.sweep.results = Number($("#sweep-folder").value); state.sweep.offset = 0; state.sweep.sort = "score"; loadSweeps(); findFeatures(); });
+  $("#sweep-folder").addEventListener("change", () => { state.sweep.results = Number($("#sweep-folder").value); state.sweep.offset = 0; useDefaultSort(); loadSweeps(); findFeatures(); });
   $("#prev").addEventListener("click", () => { state.sweep.offset = Math.max(0, state.sweep.offset - state.sweep.limit); loadSweeps(); });
   $("#next").addEventListener("click", () => { state.sweep.offset += state.sweep.limit; loadSweeps(); });
   $("#feature-go").addEventListener("submit", (e) => {
@@ -734,7 +742,7 @@ async function start() {
     const saeNote = (f) => (info.saes.length > 1 ? `, SAE ${f.sae}` : "");
     $("#sweep-folder").replaceChildren(...info.results.map((f) => el("option", { value: f.id, text: `${f.label} (${f.rows} rows${saeNote(f)})` })));
     $("#sweep-folder").hidden = info.results.length < 2;
-    if (info.results.length && !info.results[0].metrics.includes("score")) state.sweep.sort = "feature";
+    useDefaultSort();
   }
   window.addEventListener("hashchange", route);
   route();

@@ -37,13 +37,14 @@ def write(folder: Path, features: int, values: int, n_words: int, n_readback: in
     with open(folder / st.RESULTS, "w", encoding="utf-8") as f:
         for feat in range(features):
             for v in vals:
-                ids = sorted(rng.sample(range(features), n_readback))
-                f.write(json.dumps({
-                    "feature": feat, "value": v, "text": " ".join(rng.choices(VOCAB, k=n_words)), "differs": True,
-                    "fire_hits": rng.randrange(4), "base_fire_hits": 0, "lens_hits": rng.randrange(4),
-                    "repetition": round(rng.random() / 2, 4), "fluency_drop": round(rng.random() * 2, 4),
-                    "score": round(rng.random() * 3, 3), "readback_ids": ids,
-                    "readback_vals": [round(rng.random(), 6) for _ in ids]}) + "\n")
+                rec = {"feature": feat, "value": v, "text": " ".join(rng.choices(VOCAB, k=n_words)), "differs": True,
+                       "fire_hits": rng.randrange(4), "base_fire_hits": 0, "lens_hits": rng.randrange(4),
+                       "repetition": round(rng.random() / 2, 4), "fluency_drop": round(rng.random() * 2, 4),
+                       "score": round(rng.random() * 3, 3)}
+                if n_readback:  # 0: a sweep without --readback
+                    ids = sorted(rng.sample(range(features), n_readback))
+                    rec.update(readback_ids=ids, readback_vals=[round(rng.random(), 6) for _ in ids])
+                f.write(json.dumps(rec) + "\n")
     d, z = features, torch.zeros
     tensors = {"max_act": torch.rand(d), "frequency": torch.rand(d), "fire_ids": z(d, 4, dtype=torch.long) - 1,
                "fire_vals": z(d, 4), "lens_top_ids": z(d, 4, dtype=torch.long), "lens_top_vals": z(d, 4),
@@ -66,7 +67,8 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=32768)
     ap.add_argument("--values", type=int, default=3)
     ap.add_argument("--words", type=int, default=40)
-    ap.add_argument("--readback", type=int, default=400, help="latents stored per text's readback vector")
+    ap.add_argument("--readback", type=int, default=400,
+                    help="latents stored per text's readback vector (0: a sweep without readback)")
     ap.add_argument("--dir", type=Path)
     a = ap.parse_args()
     folder = a.dir or Path(tempfile.mkdtemp(prefix="saesteer-ranks-")) / "sweep"

@@ -238,11 +238,6 @@ class ResultsFolder:
         first = [n for n in ("steer", "score") if n in names]
         return first + [n for n in names if n not in first]
 
-    def best_sort(self) -> tuple[str, str]:
-        """``(sort, order)`` that puts the best rows first: ``steer`` where ranked, else ``score``, else value."""
-        with self._lock:
-            return self.db.best_sort()
-
     def sort_keys(self) -> list[str]:
         return ["feature", "value", *self.metrics]
 
@@ -257,12 +252,14 @@ class ResultsFolder:
 
     def default_sort(self) -> str:
         """The sort of a search that names none: ``steer`` (``saesteer top``'s order), else ``score``, else feature."""
-        return next((m for m in ("steer", "score") if m in self.metrics), "feature")
+        with self._lock:
+            return next((m for m in ("steer", "score") if m in self.metrics), "feature")
 
     def search(self, q: str = "", sort: str | None = None, order: str = "desc", *, feature: int | None = None,
                per_feature: bool = False, offset: int = 0, limit: int = 50) -> tuple[int, list[Row]]:
         """``(total matching, rows of the page)``. ``sort`` must be one of :meth:`sort_keys` (None:
-        :meth:`default_sort`); rows without it go last, ties by feature then value."""
+        :meth:`default_sort`); rows without it go last, ties by feature then value (``steer``'s by ``score``
+        first, as ``saesteer top``)."""
         with self._lock:
             sort = sort or self.default_sort()
             if sort not in self.sort_keys():
@@ -271,7 +268,7 @@ class ResultsFolder:
                                   limit=limit)
 
     def feature_rows(self, feature: int) -> list[Row]:
-        """Rows of one feature, best first (:meth:`best_sort`)."""
+        """Rows of one feature, best first (``ResultsDB.best_sort``: by steer, else score)."""
         with self._lock:
             return self.db.search("", *self.db.best_sort(), feature=feature, offset=0, limit=None)[1]
 

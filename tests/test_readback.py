@@ -12,6 +12,7 @@ from saesteer.evaluation.readback import readback_ranks, readback_vectors, spars
 from saesteer.evaluation.steer_score import explain, steer_parts, steer_score
 from saesteer.sweep import Sweep, top
 from saesteer.sweep import store as st
+from saesteer.sweep.rank import annotate_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,6 +107,11 @@ def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, s
     assert run(["top", str(out), "--explain", str(rows[0].feature)]) == 0
     explained = capsys.readouterr().out.splitlines()[1]
     assert "; rank " in explained.split("internal")[0] and "unsteered" in explained.split("loops")[1]
+    recs, _ = annotate_folder(out)
+    weights = f"words {recs[0]['word_weight']:.2f}, readback {recs[0]['readback_weight']:.2f}"
+    assert f"weight {recs[0]['word_weight']:.2f}] + internal" in explained
+    assert run(["top", str(out), "--n", "3"]) == 0
+    assert f"weights in steer: {weights}" in capsys.readouterr().out
     assert run(["top", str(out), "--sort", "readback", "--n", "3"]) == 0
     assert run(["top", str(out), "--sort", "words", "--n", "3"]) == 0
     with pytest.raises(SaesteerError, match="readback"):  # another sweep identity: readback is part of it

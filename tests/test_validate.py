@@ -110,6 +110,12 @@ def test_reduced_validation_files(reduced):
 
     html = (reduced / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<mark>" in html and "Once upon a time" in html
+    # steer's weights for the two measures, per prompt: each in [0, 1], the larger 1, shown on the page
+    cross = json.loads((reduced / "report.json").read_text())["cross"]
+    for lbl in ("bos", "prompt"):
+        w = cross[lbl]["steer_weights"]
+        assert 0.0 <= min(w.values()) and max(w.values()) == 1.0
+        assert f"firing words {w['word']:.2f}, readback {w['readback']:.2f}" in html
     lines = (reduced / "features.jsonl").read_text().splitlines()
     assert len(lines) == 256
     rec = json.loads(lines[0])

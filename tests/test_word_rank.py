@@ -30,12 +30,15 @@ def test_word_rank_against_other_features_texts():
         rec(0, "dog", value=2.0),                 # another value: alone, no null
     ]
     got = word_ranks(recs, WORDS)
-    assert got[(0, 1.0)] == {"word_rank": 1.0, "word_p": pytest.approx(1 / 4), "word_null": 3}
+    # by chance (a text judged as another feature's) only text 3 for feature 1 ("cat", nowhere else) passes:
+    # 1 of the 4 x 3 pairs
+    assert got[(0, 1.0)] == {"word_rank": 1.0, "word_p": pytest.approx(1 / 4), "word_null": 3,
+                             "word_chance": pytest.approx(1 / 12)}
     assert got[(1, 1.0)]["word_rank"] == pytest.approx(0.5 * 2 / 3)   # ties with 2 texts at 0, 1 text above
     assert got[(1, 1.0)]["word_p"] == pytest.approx((1 + 1 + 1) / 4)
     assert got[(2, 1.0)]["word_rank"] == 1.0 and got[(3, 1.0)]["word_rank"] == 1.0
     assert got[(4, 1.0)]["word_rank"] is None and got[(0, 2.0)] == {"word_rank": None, "word_p": None,
-                                                                     "word_null": 0}
+                                                                     "word_null": 0, "word_chance": None}
 
 
 def test_stock_words_and_loops_give_no_credit_and_repeats_of_unsteered_words_do():

@@ -13,7 +13,7 @@ from saesteer.strength import DEFAULT_MULTIPLE
 from saesteer.sweep.config import RayConfig, SweepConfig
 from saesteer.sweep.distributed import distributed_sweep, import_ray
 from saesteer.sweep.merge import merge as merge_fn
-from saesteer.sweep.rank import annotate_folder, explain_feature, format_table, top as top_fn
+from saesteer.sweep.rank import annotate_folder, explain_feature, format_table, rank
 from saesteer.sweep.runner import Sweep
 from saesteer.sweep.store import read_manifest
 
@@ -88,12 +88,16 @@ def top(folder, n, sort, query, all_values, explain, as_json):
             raise click.UsageError(f"feature {explain} is not in this sweep")
         click.echo(f"feature {explain}, best value first:\n" + "\n".join(lines))
         return
-    rows = top_fn(folder, n=n, sort=sort, query=query, all_values=all_values)
+    recs, facts = annotate_folder(folder)
+    rows = rank(recs, facts=facts, n=n, sort=sort, query=query, all_values=all_values)
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in rows], ensure_ascii=False, indent=2))
     else:
         click.echo(format_table(rows))
         click.echo(TOP_LEGEND)
+        if recs:
+            click.echo(f"weights in steer: words {recs[0]['word_weight']:.2f}, readback {recs[0]['readback_weight']:.2f}"
+                       " (the share of each measure's top-5% passes that chance does not explain, the larger set to 1)")
 
 
 TOP_LEGEND = (

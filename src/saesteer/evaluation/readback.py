@@ -10,8 +10,9 @@ The readback of one feature means little alone (scales differ from feature to fe
 against a **null**: the same feature's readback on every *other* swept feature's text at the same value.
 :func:`readback_ranks` gives each result the mid-rank of its own readback among them (``readback_rank`` in
 [0, 1]: 1 = above every other text; ties count half), the number of texts in the null, and a one-sided
-permutation p-value ``(greater + equal / 2 + 1) / (n + 1)``. Texts equal to the unsteered continuation
-carry no evidence: their own rank is None and they are left out of every null.
+permutation p-value ``(greater + equal / 2 + 1) / (n + 1)``, and ``readback_chance``, the chance that a text of
+its value passes at 5% if texts were reassigned to features at random (``evaluation.chance``). Texts equal to
+the unsteered continuation carry no evidence: their own rank is None and they are left out of every null.
 
 Each result stores its text's readback vector sparsely (``readback_ids``/``readback_vals``: the latents with
 a positive mean, values rounded to 6 significant digits), so ranks are computed from the stored results
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from saesteer.evaluation.activations import hook_activations
+from saesteer.evaluation.chance import chance_passes
 
 DIGITS = 6
 """Significant digits of stored readback values (the own value is read from the same rounded vector)."""
@@ -92,7 +94,7 @@ def own_readback(feature: int, ids: Sequence[int] | None, vals: Sequence[float] 
 
 
 def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
-    """``{(feature, value): {"readback_rank", "readback_p", "readback_null"}}`` for results (record dicts with
+    """``{(feature, value): {"readback_rank", "readback_p", "readback_null", "readback_chance"}}`` for results (record dicts with
     ``feature``, ``value``, ``differs`` and ``readback_ids``/``readback_vals``); see the module docstring.
 
     Within each value, the null of feature ``f`` is ``f``'s readback on every other feature's changed text.
@@ -110,28 +112,44 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
         # (a text that does not hold a latent reads 0 there).
         above: dict[int, int] = defaultdict(int)
         equal: dict[int, int] = defaultdict(int)
-        for r in changed:
+        column = {f: j for j, f in enumerate(own)}
+        entries: list[tuple[int, int, float]] = []                 # (text, feature) as a square matrix
+        for row, r in enumerate(changed):
             g = r["feature"]
             for i, v in zip(r["readback_ids"], r["readback_vals"]):
-                if i == g or i not in own:
+                if i not in own:
+                    continue
+                entries.append((row, column[i], v))
+                if i == g:
                     continue
                 if v > own[i]:
                     above[i] += 1
                 elif v == own[i]:
                     equal[i] += 1
         n_null = len(changed) - 1
+        chance = _chance(entries, len(changed)) if n_null >= 1 else None
         for r in recs:
             f = r["feature"]
             if f not in own or n_null < 1:
-                out[(f, value)] = {"readback_rank": None, "readback_p": None, "readback_null": max(n_null, 0)}
+                out[(f, value)] = {"readback_rank": None, "readback_p": None, "readback_null": max(n_null, 0),
+                                   "readback_chance": None}
                 continue
             a, e = above[f], equal[f]
             if own[f] == 0:  # stored values are positive: every text that does not hold f ties with it at 0
                 e = n_null - a
             below = n_null - a - e
             out[(f, value)] = {"readback_rank": (below + 0.5 * e) / n_null, "readback_p": (a + 0.5 * e + 1) / (n_null + 1),
-                               "readback_null": n_null}
+                               "readback_null": n_null, "readback_chance": chance}
     return out
+
+
+def _chance(entries: list[tuple[int, int, float]], m: int) -> float:
+    """The chance that one of ``m`` changed texts passes at 5% if texts were reassigned to features at random
+    (``chance.chance_passes`` of the group's readback matrix, per pair)."""
+    if not entries:
+        return 0.0
+    rows, cols, vals = zip(*entries)
+    return chance_passes(torch.tensor(rows), torch.tensor(cols), torch.tensor(vals, dtype=torch.float64), m) / (m * (m - 1))
 
 
 def top_fraction(rank: float | None, fraction: float = 0.05) -> bool:

@@ -3,9 +3,12 @@ penalises degenerate text.
 
 ``steer = evidence * fluency_factor * loop_factor`` (0 for a text equal to the unsteered one), where
 
-* ``evidence = words + internal`` (each in [0, 1], so evidence is in [0, 2]), both read from ranks of the
-  feature's own text among every other swept feature's changed text at the same value (mid-ranks, 1 =
-  above all):
+* ``evidence = word_weight * words + readback_weight * internal`` (each term in [0, 1], so evidence is in
+  [0, 2]), both read from ranks of the feature's own text among every other swept feature's changed text at
+  the same value (mid-ranks, 1 = above all). The weights (``evaluation.chance``, set by ``sweep.rank.annotate``
+  for one sweep; 1 where absent) are the share of each measure's passes at 5% that chance does not explain,
+  the stronger measure's set to 1: a measure that passes no more texts than it would with the texts assigned
+  to other features does not decide the ranking;
 
   - ``words = max(0, 2 * word_rank - 1) * min(gain, 2) / 2``: the firing-word evidence. ``word_rank``
     (``evaluation.word_rank``) ranks the feature's firing-word occurrences in its text against every other
@@ -54,6 +57,11 @@ def _words(rec: dict) -> float:
     return amount if rank is None else max(0.0, 2.0 * rank - 1.0) * amount
 
 
+def _weight(rec: dict, name: str) -> float:
+    w = _num(rec.get(f"{name}_weight"))
+    return 1.0 if w is None else w
+
+
 def loop_factor(rep: float, base_rep: float | None) -> float:
     """``1 - max(0, rep - free) / (1 - free)``, ``free = max(LOOP_FREE, base_rep)`` (1 when ``free`` is 1)."""
     free = max(LOOP_FREE, base_rep or 0.0)
@@ -64,9 +72,9 @@ def loop_factor(rep: float, base_rep: float | None) -> float:
 
 def steer_parts(rec: dict) -> dict:
     """The terms of ``steer`` for one result (a record dict with its word and readback ranks, if any)."""
-    words = _words(rec)
+    words = _weight(rec, "word") * _words(rec)
     rank = _num(rec.get("readback_rank"))
-    internal = max(0.0, 2.0 * rank - 1.0) if rank is not None else 0.0
+    internal = _weight(rec, "readback") * max(0.0, 2.0 * rank - 1.0) if rank is not None else 0.0
     drop = _num(rec.get("fluency_drop"))
     fluency = 1.0 if drop is None or drop <= CLEAR_MAX_FLUENCY_DROP else math.exp(-(drop - CLEAR_MAX_FLUENCY_DROP))
     loops = loop_factor(_num(rec.get("repetition")) or 0.0, _num(rec.get("base_repetition")))
@@ -96,6 +104,7 @@ def explain(rec: dict) -> str:
     base_rep = rec.get("base_repetition")
     base_s = "" if base_rep is None else f", unsteered {float(base_rep):.2f}"
     return (f"steer {p['steer']:.3f} = (words {p['words']:.2f} [{rec.get('fire_hits', 0)} firing words, unsteered "
-            f"{rec.get('base_fire_hits', 0)}; {_rank_text(rec, 'word')}] + internal {p['internal']:.2f} [readback "
-            f"{_rank_text(rec, 'readback')}]) x fluency {p['fluency_factor']:.2f} [drop {drop_s}] x loops "
+            f"{rec.get('base_fire_hits', 0)}; {_rank_text(rec, 'word')}; weight {_weight(rec, 'word'):.2f}] + "
+            f"internal {p['internal']:.2f} [readback {_rank_text(rec, 'readback')}; weight "
+            f"{_weight(rec, 'readback'):.2f}]) x fluency {p['fluency_factor']:.2f} [drop {drop_s}] x loops "
             f"{p['loop_factor']:.2f} [repetition {float(rec.get('repetition', 0) or 0):.2f}{base_s}]")

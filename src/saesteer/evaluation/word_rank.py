@@ -6,8 +6,10 @@ of a feature's words whichever feature was clamped. :func:`word_ranks` ranks the
 ``evaluation.readback.readback_ranks`` ranks the readback: within one value, feature ``f``'s occurrences in
 its own steered text among ``f``'s occurrences in **every other swept feature's changed text** (the
 mid-rank ``word_rank`` in [0, 1]: 1 = more than in every other text, ties count half; ``word_p`` the
-one-sided permutation p-value ``(greater + equal / 2 + 1) / (n + 1)``; ``word_null`` how many texts). Texts
-equal to the unsteered one carry no evidence: their rank is None and they are left out of every null.
+one-sided permutation p-value ``(greater + equal / 2 + 1) / (n + 1)``; ``word_null`` how many texts;
+``word_chance`` the chance that a text of its value passes at 5% if texts were reassigned to features at
+random, ``evaluation.chance``). Texts equal to the unsteered one carry no evidence: their rank is None and
+they are left out of every null.
 
 So words every text holds (a loop of ``is a file`` in every text, for a feature whose words are ``file``)
 give no credit, and words the unsteered text holds already are credited when the steered text holds
@@ -23,6 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from saesteer.evaluation.chance import chance_passes
 from saesteer.evaluation.text_metrics import words
 
 
@@ -52,9 +55,10 @@ def word_counts(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) -> 
     return torch.sparse_coo_tensor(idx, vals_t, (len(texts), len(firing_words)), check_invariants=True).coalesce()
 
 
-def _group_ranks(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) -> tuple[list, list, int]:
+def _group_ranks(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) -> tuple[list, list, float]:
     """For ``m`` changed texts, text ``j`` being feature ``j``'s (``firing_words[j]``): per ``j``, the rank and
-    p-value of its own count among its counts in the other ``m - 1`` texts."""
+    p-value of its own count among its counts in the other ``m - 1`` texts; and the group's chance of a pass
+    per text (``chance.chance_passes`` over the ``m x (m - 1)`` pairs)."""
     m = len(texts)
     n_null = m - 1
     h = word_counts(texts, firing_words)
@@ -70,11 +74,11 @@ def _group_ranks(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) ->
     below = n_null - above - equal
     ranks = ((below + 0.5 * equal) / n_null).tolist()
     ps = ((above + 0.5 * equal + 1) / (n_null + 1)).tolist()
-    return ranks, ps, n_null
+    return ranks, ps, chance_passes(rows, cols, vals, m) / (m * n_null)
 
 
 def word_ranks(records: Iterable[dict], firing_words: Sequence[Sequence[str]]) -> dict[tuple[int, float], dict]:
-    """``{(feature, value): {"word_rank", "word_p", "word_null"}}`` for results (record dicts with ``feature``,
+    """``{(feature, value): {"word_rank", "word_p", "word_null", "word_chance"}}`` for results (record dicts with ``feature``,
     ``value``, ``differs`` and ``text``), a feature's firing words being ``firing_words[feature]`` (none
     beyond the list); see the module docstring. Within each value, the null of feature ``f`` is ``f``'s count
     in every other feature's changed text."""
@@ -87,11 +91,12 @@ def word_ranks(records: Iterable[dict], firing_words: Sequence[Sequence[str]]) -
         changed = [r for r in recs if r.get("differs")]
         n_null = len(changed) - 1
         for r in recs:
-            out[(r["feature"], value)] = {"word_rank": None, "word_p": None, "word_null": max(n_null, 0)}
+            out[(r["feature"], value)] = {"word_rank": None, "word_p": None, "word_null": max(n_null, 0),
+                                          "word_chance": None}
         if n_null < 1:
             continue
         fw = [firing_words[r["feature"]] if 0 <= r["feature"] < n_words else () for r in changed]
-        ranks, ps, _ = _group_ranks([r.get("text", "") for r in changed], fw)
+        ranks, ps, chance = _group_ranks([r.get("text", "") for r in changed], fw)
         for r, rank, p in zip(changed, ranks, ps):
-            out[(r["feature"], value)] = {"word_rank": rank, "word_p": p, "word_null": n_null}
+            out[(r["feature"], value)] = {"word_rank": rank, "word_p": p, "word_null": n_null, "word_chance": chance}
     return out

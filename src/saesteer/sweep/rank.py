@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from saesteer.errors import SaesteerError
+from saesteer.evaluation.chance import measure_weights
 from saesteer.evaluation.feature_facts import FactsTable
 from saesteer.evaluation.readback import own_readback, readback_ranks
 from saesteer.evaluation.steer_score import explain, steer_score
@@ -91,9 +92,10 @@ def _matches(query: str, rec: dict, facts: FactsTable | None) -> bool:
 
 def annotate(records: Iterable[dict], firing_words: Sequence[Sequence[str]] | None = None, *,
              base_repetition: float | None = None) -> list[dict]:
-    """The records with ``readback``, ``readback_rank``/``_p``/``_null`` (where measured), ``word_rank``/``_p``/
-    ``_null`` (with ``firing_words``, per feature: the feature facts' ``words``), ``base_repetition`` and
-    ``steer`` added; ranks are taken over all the records given, so pass every result of one sweep (one
+    """The records with ``readback``, ``readback_rank``/``_p``/``_null``/``_chance`` (where measured),
+    ``word_rank``/``_p``/``_null``/``_chance`` (with ``firing_words``, per feature: the feature facts'
+    ``words``), ``base_repetition``, the measures' weights (``word_weight``, ``readback_weight``:
+    ``evaluation.chance``) and ``steer`` added; ranks are taken over all the records given, so pass every result of one sweep (one
     prompt). ``base_repetition``: the unsteered text's repetition; None: a result whose text equals the
     unsteered one tells it (none such: not known)."""
     recs = [dict(r) for r in records]
@@ -109,8 +111,19 @@ def annotate(records: Iterable[dict], firing_words: Sequence[Sequence[str]] | No
         r.update(by_words.get(key, {}))
         if base_repetition is not None:
             r["base_repetition"] = base_repetition
+    return weigh(recs)
+
+
+def weigh(records: list[dict]) -> list[dict]:
+    """Set the measures' weights (``evaluation.chance.measure_weights``, pooled over ``records``) and ``steer``
+    on :func:`annotate`d records, in place; returns them. :func:`annotate` does it for the records it is
+    given; call it again on the union where one prompt's results were annotated in parts (several sweeps),
+    so that every result of the prompt is scored with the same weights."""
+    weights = measure_weights(records)
+    for r in records:
+        r["word_weight"], r["readback_weight"] = weights["word"], weights["readback"]
         r["steer"] = steer_score(r)
-    return recs
+    return records
 
 
 def explain_feature(records: Iterable[dict], feature: int) -> list[str]:

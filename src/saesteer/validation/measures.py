@@ -102,7 +102,8 @@ def cross_top(annotated: list[list[dict]], n: int = TOP_N, levels: list[float] |
     """The first ``n`` features by each ranking (each at its best value), measured by the other measure:
     ``steer`` (what ``saesteer top`` shows) by both; the firing-word ``score`` and the firing-word rank
     (``words``) by the readback; the readback rank by firing words (clear at the features' ``levels``, see
-    ``criterion.word_levels``; None: the sweep's own rule)."""
+    ``criterion.word_levels``; None: the sweep's own rule); and ``steer``'s weights for the two measures
+    (``evaluation.chance``)."""
     recs = [r for group in annotated for r in group]
     by_steer = rank(recs, n=n, sort="steer")
     by_score = rank(recs, n=n, sort="score")
@@ -123,6 +124,8 @@ def cross_top(annotated: list[list[dict]], n: int = TOP_N, levels: list[float] |
         "top_score_readback_top5": top5(by_score), "top_score_clear": clear(by_score),
         "top_words_readback_top5": top5(by_words), "top_words_clear": clear(by_words),
         "top_readback_clear": clear(by_readback), "top_readback_readback_top5": top5(by_readback),
+        "steer_weights": {"word": recs[0].get("word_weight", 1.0), "readback": recs[0].get("readback_weight", 1.0)}
+        if recs else {"word": 1.0, "readback": 1.0},
     }
 
 

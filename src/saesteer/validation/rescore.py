@@ -16,7 +16,7 @@ from pathlib import Path
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.feature_facts import FactsTable
 from saesteer.evaluation.text_metrics import repetition, score
-from saesteer.sweep.rank import annotate
+from saesteer.sweep.rank import annotate, weigh
 from saesteer.validation.criterion import WORD_RULE
 from saesteer.validation.measures import measure_prompts
 from saesteer.validation.stored import load_sweeps
@@ -50,6 +50,8 @@ def rescore(out_dir: str | Path, *, word_rule: str = WORD_RULE, permutations: in
     cfg = report["config"]
     annotated = {lbl: [annotate(_scored(recs), facts.words, base_repetition=_base_repetition(p["baseline"]))
                        for recs in p["sweeps"]] for lbl, p in data["prompts"].items()}
+    for sweeps in annotated.values():
+        weigh([r for recs in sweeps for r in recs])
     baselines = {lbl: p["baseline"]["text"] for lbl, p in data["prompts"].items()}
     nulls, cross, _ = measure_prompts(annotated, baselines, facts, data["expected_hits"], report["n_features"],
                                       word_rule=word_rule,

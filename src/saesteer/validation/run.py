@@ -39,7 +39,7 @@ from saesteer.models.hook_sites import n_layers
 from saesteer.models.loading import load_model
 from saesteer.saes import load_sae, save_sae
 from saesteer.steerer import Steerer
-from saesteer.sweep.rank import annotate
+from saesteer.sweep.rank import annotate, weigh
 from saesteer.sweep.runner import Sweep
 from saesteer.training import sample_activations, train_topk_sae
 from saesteer.validation.criterion import (N_BEST, WORD_RULE, WORD_RULES, clearest, no_fluency_score, result_dict, shown,
@@ -264,6 +264,7 @@ def _sweep_all(st, facts, cfg: ValidationConfig, opening: str, n_features: int, 
         base_rep = repetition(baselines[label].tokens)
         annotated[label] = [annotate([r.to_record() for r in results], facts.words, base_repetition=base_rep)
                             for results in sweeps]
+        weigh([r for recs in annotated[label] for r in recs])
     t["sweep_s"] = time.perf_counter() - t3
     return per_prompt, baselines, annotated
 

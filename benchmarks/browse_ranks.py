@@ -25,7 +25,8 @@ from saesteer.sweep.rank import annotate_folder
 from saesteer.web.results_index import ResultsFolder
 from saesteer.web.results_ranks import folder_ranks
 
-VOCAB = [f"w{i}" for i in range(5000)]
+VOCAB = ["".join(chr(97 + (i // 26 ** k) % 26) for k in range(3)) + "x" for i in range(5000)]
+"""Letters only: ``text_metrics.words`` keeps letters, so ``w123`` would count as ``w``."""
 
 
 def write(folder: Path, features: int, values: int, n_words: int, n_readback: int) -> None:

@@ -1,6 +1,7 @@
 """The model-internal measure (readback), its rank against other features' texts, and the combined steer score."""
 
 import math
+import random
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from saesteer.cli.main import run
 from saesteer.errors import SaesteerError
 from saesteer.evaluation.activations import hook_activations
+from saesteer.evaluation.chance import measure_passes
 from saesteer.evaluation.readback import readback_ranks, readback_vectors, sparse, top_fraction
 from saesteer.evaluation.steer_score import explain, steer_parts, steer_score
 from saesteer.sweep import Sweep, top
@@ -61,6 +63,40 @@ def test_rank_against_other_features_texts_with_ties_and_unchanged_texts():
     assert top_fraction(1.0) and not top_fraction(0.9) and not top_fraction(None)
 
 
+def plain_readback_ranks(records):
+    """The readback ranks by the module docstring's definition, entry by entry (the plain path)."""
+    out = {}
+    for value in {float(r["value"]) for r in records}:
+        recs = [r for r in records if float(r["value"]) == value]
+        changed = [r for r in recs if r["differs"]]
+        vec = {r["feature"]: dict(zip(r["readback_ids"], r["readback_vals"])) for r in changed}
+        for r in recs:
+            f, others = r["feature"], [g for g in vec if g != r["feature"]]
+            if not r["differs"] or not others:
+                out[(f, value)] = None
+                continue
+            own = vec[f].get(f, 0.0)
+            below = sum(vec[g].get(f, 0.0) < own for g in others)
+            equal = sum(vec[g].get(f, 0.0) == own for g in others)
+            out[(f, value)] = (below + 0.5 * equal) / len(others)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_vectorised_ranks_equal_the_plain_definition(seed):
+    gen = random.Random(seed)
+    n = [3, 17, 40, 64][seed]
+    recs = []
+    for value in (1.0, 2.5):
+        for f in range(n):
+            ids = sorted(gen.sample(range(n + 5), gen.randint(0, n // 2 + 2)))   # some latents beyond the sweep
+            recs.append(rec(f, value, {i: float(gen.choice([0.5, 1.0, 2.0, round(gen.random(), 6)])) for i in ids},
+                            differs=gen.random() > 0.15))
+    got = readback_ranks(recs)
+    want = plain_readback_ranks(recs)
+    assert {k: v["readback_rank"] for k, v in got.items()} == pytest.approx(want)
+
+
 @pytest.mark.parametrize("fields, words, internal, steer", [
     ({"fire_hits": 2, "base_fire_hits": 0, "readback_rank": 1.0, "fluency_drop": 0.5, "repetition": 0.1}, 1, 1, 2),
     ({"fire_hits": 5, "base_fire_hits": 0, "readback_rank": 0.5}, 1, 0, 1),
@@ -108,10 +144,13 @@ def test_sweep_with_readback_stores_it_and_top_ranks_by_steer(reference_story, s
     explained = capsys.readouterr().out.splitlines()[1]
     assert "; rank " in explained.split("internal")[0] and "unsteered" in explained.split("loops")[1]
     recs, _ = annotate_folder(out)
-    weights = f"words {recs[0]['word_weight']:.2f}, readback {recs[0]['readback_weight']:.2f}"
     assert f"weight {recs[0]['word_weight']:.2f}] + internal" in explained
     assert run(["top", str(out), "--n", "3"]) == 0
-    assert f"weights in steer: {weights}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"weights in steer: words {recs[0]['word_weight']:.2f} (" in printed
+    passes = measure_passes(recs)
+    assert f"readback {recs[0]['readback_weight']:.2f} ({passes['readback'][0]} texts in the top 5%, " \
+           f"{passes['readback'][1]:.1f} by chance)" in printed
     assert run(["top", str(out), "--sort", "readback", "--n", "3"]) == 0
     assert run(["top", str(out), "--sort", "words", "--n", "3"]) == 0
     with pytest.raises(SaesteerError, match="readback"):  # another sweep identity: readback is part of it

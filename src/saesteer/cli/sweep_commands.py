@@ -9,6 +9,7 @@ import click
 from saesteer.cli.config_options import config_from, config_options
 from saesteer.cli.options import build_steerer, model_options
 from saesteer.cli.paths import OutputFolder
+from saesteer.evaluation.chance import measure_passes
 from saesteer.strength import DEFAULT_MULTIPLE
 from saesteer.sweep.config import RayConfig, SweepConfig
 from saesteer.sweep.distributed import distributed_sweep, import_ray
@@ -96,8 +97,19 @@ def top(folder, n, sort, query, all_values, explain, as_json):
         click.echo(format_table(rows))
         click.echo(TOP_LEGEND)
         if recs:
-            click.echo(f"weights in steer: words {recs[0]['word_weight']:.2f}, readback {recs[0]['readback_weight']:.2f}"
-                       " (the share of each measure's top-5% passes that chance does not explain, the larger set to 1)")
+            click.echo(weights_line(recs))
+
+
+def weights_line(recs: list[dict]) -> str:
+    """The measures' weights in ``steer`` and the passes they come from (``evaluation.chance``)."""
+    passes = measure_passes(recs)
+    parts = []
+    for name, label in (("word", "words"), ("readback", "readback")):
+        seen = passes.get(name)
+        how = "not measured" if seen is None else f"{seen[0]} texts in the top 5%, {seen[1]:.1f} by chance"
+        parts.append(f"{label} {recs[0][f'{name}_weight']:.2f} ({how})")
+    return ("weights in steer: " + ", ".join(parts) +
+            "; a weight is the share of the measure's passes that chance does not explain, the larger set to 1")
 
 
 TOP_LEGEND = (

@@ -67,11 +67,10 @@ def _share_beyond(observed: float, chance: float) -> float:
     return excess / observed if excess > 1e-9 * max(1.0, observed) else 0.0
 
 
-def measure_weights(records: Iterable[dict]) -> dict[str, float]:
-    """``{"word": w, "readback": w}`` for one sweep's records annotated with ``{name}_rank`` and
-    ``{name}_chance`` (the group's :func:`chance_passes` over its ``m x (m - 1)`` pairs); see the module
-    docstring."""
-    observed: dict[str, float] = defaultdict(float)
+def measure_passes(records: Iterable[dict]) -> dict[str, tuple[int, float]]:
+    """``{name: (observed passes, passes expected by chance)}`` for each measure a sweep's records were
+    annotated with (``{name}_rank`` and ``{name}_chance``, the group's :func:`chance_passes` per pair)."""
+    observed: dict[str, int] = defaultdict(int)
     chance: dict[str, float] = defaultdict(float)
     for r in records:
         for name in MEASURES:
@@ -80,6 +79,12 @@ def measure_weights(records: Iterable[dict]) -> dict[str, float]:
                 continue
             observed[name] += _is_pass(r[f"{name}_rank"])
             chance[name] += share
-    raw = {name: _share_beyond(observed[name], chance[name]) for name in chance}
+    return {name: (observed[name], chance[name]) for name in chance}
+
+
+def measure_weights(records: Iterable[dict]) -> dict[str, float]:
+    """``{"word": w, "readback": w}`` for one sweep's records (see :func:`measure_passes` and the module
+    docstring)."""
+    raw = {name: _share_beyond(obs, chance) for name, (obs, chance) in measure_passes(records).items()}
     top = max(raw.values(), default=0.0)
     return {name: 1.0 if top == 0 or name not in raw else raw[name] / top for name in MEASURES}

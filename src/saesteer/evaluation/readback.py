@@ -94,11 +94,12 @@ def own_readback(feature: int, ids: Sequence[int] | None, vals: Sequence[float] 
 
 
 def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
-    """``{(feature, value): {"readback_rank", "readback_p", "readback_null", "readback_chance"}}`` for results (record dicts with
-    ``feature``, ``value``, ``differs`` and ``readback_ids``/``readback_vals``); see the module docstring.
+    """``{(feature, value): {"readback_rank", "readback_p", "readback_null", "readback_chance"}}`` for results
+    (record dicts with ``feature``, ``value``, ``differs`` and ``readback_ids``/``readback_vals``); see the
+    module docstring.
 
     Within each value, the null of feature ``f`` is ``f``'s readback on every other feature's changed text.
-    Cost: one pass over the stored vectors per value, O(texts x stored entries).
+    Cost: one vectorised pass over the stored vectors per value, O(stored entries log stored entries).
     """
     by_value: dict[float, list[dict]] = defaultdict(list)
     for r in records:
@@ -107,27 +108,9 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
     out: dict[tuple[int, float], dict] = {}
     for value, recs in by_value.items():
         changed = [r for r in recs if r.get("differs")]
-        own = {r["feature"]: own_readback(r["feature"], r["readback_ids"], r["readback_vals"]) for r in changed}
-        # For each feature with evidence: how many other changed texts read above / equal to its own value
-        # (a text that does not hold a latent reads 0 there).
-        above: dict[int, int] = defaultdict(int)
-        equal: dict[int, int] = defaultdict(int)
-        column = {f: j for j, f in enumerate(own)}
-        entries: list[tuple[int, int, float]] = []                 # (text, feature) as a square matrix
-        for row, r in enumerate(changed):
-            g = r["feature"]
-            for i, v in zip(r["readback_ids"], r["readback_vals"]):
-                if i not in own:
-                    continue
-                entries.append((row, column[i], v))
-                if i == g:
-                    continue
-                if v > own[i]:
-                    above[i] += 1
-                elif v == own[i]:
-                    equal[i] += 1
         n_null = len(changed) - 1
-        chance = _chance(entries, len(changed)) if n_null >= 1 else None
+        own = {r["feature"]: own_readback(r["feature"], r["readback_ids"], r["readback_vals"]) for r in changed}
+        above, equal, chance = _group_counts(changed, own) if n_null >= 1 else ({}, {}, None)
         for r in recs:
             f = r["feature"]
             if f not in own or n_null < 1:
@@ -143,13 +126,30 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
     return out
 
 
-def _chance(entries: list[tuple[int, int, float]], m: int) -> float:
-    """The chance that one of ``m`` changed texts passes at 5% if texts were reassigned to features at random
-    (``chance.chance_passes`` of the group's readback matrix, per pair)."""
-    if not entries:
-        return 0.0
-    rows, cols, vals = zip(*entries)
-    return chance_passes(torch.tensor(rows), torch.tensor(cols), torch.tensor(vals, dtype=torch.float64), m) / (m * (m - 1))
+def _group_counts(changed: list[dict], own: dict[int, float]) -> tuple[dict, dict, float]:
+    """For the changed texts of one value (text ``j`` is feature ``j``'s; ``own``: each feature's readback on
+    its own text): per feature, how many *other* texts read it above / equal to its own readback (among the
+    stored entries), and the chance of a pass per text (``chance.chance_passes`` of the square matrix)."""
+    m = len(changed)
+    feats = [r["feature"] for r in changed]
+    lengths = torch.tensor([len(r["readback_ids"]) for r in changed], dtype=torch.long)
+    ids = torch.cat([torch.zeros(0, dtype=torch.long)] +
+                    [torch.as_tensor(r["readback_ids"], dtype=torch.long) for r in changed])
+    vals = torch.cat([torch.zeros(0, dtype=torch.float64)] +
+                     [torch.as_tensor(r["readback_vals"], dtype=torch.float64) for r in changed])
+    rows = torch.repeat_interleave(torch.arange(m), lengths)
+    size = max(max(feats), int(ids.max()) if ids.numel() else 0) + 1
+    column = torch.full((size,), -1, dtype=torch.long)
+    column[torch.tensor(feats, dtype=torch.long)] = torch.arange(m)
+    cols = column[ids]
+    held = cols >= 0                                   # entries of swept features: a square [text, feature] matrix
+    rows, cols, vals = rows[held], cols[held], vals[held]
+    ref = torch.tensor([own[f] for f in feats], dtype=torch.float64)[cols]
+    other = rows != cols
+    above = torch.bincount(cols[other & (vals > ref)], minlength=m).tolist()
+    equal = torch.bincount(cols[other & (vals == ref)], minlength=m).tolist()
+    chance = chance_passes(rows, cols, vals, m) / (m * (m - 1))
+    return dict(zip(feats, above)), dict(zip(feats, equal)), chance
 
 
 def top_fraction(rank: float | None, fraction: float = 0.05) -> bool:

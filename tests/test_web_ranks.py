@@ -41,7 +41,19 @@ def expected(path) -> dict:
     return {(r["feature"], float(r["value"])): {n: r.get(n) for n in RANK_FIELDS} for r in recs}
 
 
-def test_every_row_has_the_ranks_top_gives_and_steer_sorts_first(sweep_dir, tmp_path):
+def recording(monkeypatch) -> list:
+    """The threads that compute ranks from now on."""
+    threads = []
+
+    def recorded(*args):
+        threads.append(threading.current_thread())
+        return folder_ranks(*args)
+
+    monkeypatch.setattr(results_index, "folder_ranks", recorded)
+    return threads
+
+
+def test_every_row_has_the_ranks_top_gives_and_steer_sorts_first(sweep_dir, monkeypatch):
     folder = ResultsFolder(sweep_dir, "sw")
     want = expected(sweep_dir)
     assert len(want) == 24 and ranks_of(folder) == want
@@ -57,7 +69,12 @@ def test_every_row_has_the_ranks_top_gives_and_steer_sorts_first(sweep_dir, tmp_
         c.execute("DELETE FROM meta WHERE key = 'ranks_stamp'")
         for (pos,) in c.execute(f"SELECT pos FROM metrics WHERE name IN {RANK_FIELDS}").fetchall():
             c.execute(f"UPDATE rows SET m{pos} = NULL")
+    monkeypatch.setattr(results_index, "RANK_WAIT_BYTES", 0)  # a large folder: ranked in the background
+    threads = recording(monkeypatch)
     again = ResultsFolder(sweep_dir, "sw")
+    if again.ranker is not None:
+        again.ranker.join(30)
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
     assert ranks_of(again) == want
     again.close()
 
@@ -84,13 +101,7 @@ def test_a_running_sweep_gets_its_ranks_again_in_the_background(sweep_dir, tmp_p
     assert all(v["steer"] is None for k, v in ranks_of(folder).items() if k not in first)
     monkeypatch.setattr(results_index, "RANK_INTERVAL_S", 0.0)
     monkeypatch.setattr(results_index, "RANK_SHARE", math.inf)
-    threads = []
-
-    def recorded(*args):
-        threads.append(threading.current_thread())
-        return folder_ranks(*args)
-
-    monkeypatch.setattr(results_index, "folder_ranks", recorded)
+    threads = recording(monkeypatch)
     folder.refresh()
     ranker = folder.ranker
     if ranker is not None:

@@ -13,9 +13,10 @@ newline is left for the next look. Folders are given when the server starts and 
 nothing here takes a path from a request.
 
 The ranks ``saesteer top`` shows (``steer``, ``word_rank``, ``readback_rank``...; ``results_ranks``) are
-computed for the whole folder when it is opened and the index does not hold them for the folder as it is,
-and again after lines were added (or the facts or manifest changed), in a background thread, at most every
-``RANK_INTERVAL_S`` seconds and at most ``RANK_SHARE`` of the time, so that a page never waits for them.
+computed for the whole folder when it is opened and the index does not hold them for the folder as it is
+(before serving it up to ``RANK_WAIT_BYTES`` of log, else in the background), and again after lines were
+added (or the facts or manifest changed), in a background thread, at most every ``RANK_INTERVAL_S`` seconds
+and at most ``RANK_SHARE`` of the time, so that a page never waits for them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ from saesteer.web.results_ranks import RANK_FIELDS, folder_ranks
 RELOAD_INTERVAL_S = 5.0
 RANK_INTERVAL_S = 60.0
 """A running sweep's ranks are computed again at most this often (seconds), and only once lines were added."""
+RANK_WAIT_BYTES = 64 << 20
+"""A folder whose indexed ``results.jsonl`` is at most this large is ranked before it is served (seconds);
+a larger one in the background (a 694 MB one with readback vectors takes minutes: docs/sweeps.md)."""
 RANK_SHARE = 0.1
 """...and at most this share of the time: after a recompute that took ``t`` seconds, the next waits at least
 ``t / RANK_SHARE`` (a 100k-row sweep with readback vectors takes a minute or more)."""
@@ -71,7 +75,7 @@ class ResultsFolder:
         self.db = self._open()
         self._read_new()
         self._read_meanings()
-        self._update_ranks(wait=True)
+        self._update_ranks(wait=self.db.offset <= RANK_WAIT_BYTES)
 
     # ----------------------------------------------------------------- the database file
     def _stamp(self, name: str):

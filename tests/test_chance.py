@@ -28,7 +28,7 @@ def test_sparse_count_equals_the_dense_ranks(seed):
     # small integers give many ties (like word counts); some columns are nearly full, some empty
     matrix = torch.randint(1, 4, (m, m), generator=gen).double() * (torch.rand(m, m, generator=gen) < density)
     matrix[:, 0] = 0.0
-    if m > 3:
+    if seed % 2:  # real values (the readback's path); even seeds keep integer counts (the words' path)
         matrix[:, 1] = torch.rand(m, generator=gen).double() + 0.1   # a full column of distinct values
     rows, cols = torch.nonzero(matrix, as_tuple=True)
     assert chance_passes(rows, cols, matrix[rows, cols], m) == dense_chance(matrix)

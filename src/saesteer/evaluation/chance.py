@@ -42,8 +42,7 @@ def chance_passes(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, m:
     rows, cols, vals = rows[keep], cols[keep], vals[keep].double()
     if vals.numel() == 0:
         return 0
-    by_value = torch.argsort(vals, stable=True)
-    order = by_value[torch.argsort(cols[by_value], stable=True)]   # by column, then by value
+    order = _by_column_then_value(cols, vals)
     r, c, v = rows[order], cols[order], vals[order]
     stored = torch.bincount(c, minlength=m)
     col_start = torch.cumsum(stored, 0) - stored
@@ -55,6 +54,16 @@ def chance_passes(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, m:
     less = (m - stored[c]) + (run_start[run] - col_start[c])       # the column's zeros, then smaller values
     rank = (less + 0.5 * (run_len[run] - 1)) / (m - 1)
     return int(((rank >= 1.0 - fraction) & (r != c)).sum())
+
+
+def _by_column_then_value(cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """The order of the entries by column, then by value: one sort of a combined integer key where the values
+    are small non-negative integers (word counts), else a stable sort by value, then by column."""
+    top = float(vals.max())
+    if top < 2 ** 31 and bool((vals == vals.round()).all()):
+        return torch.argsort(cols.long() * 2 ** 31 + vals.long())
+    by_value = torch.argsort(vals, stable=True)
+    return by_value[torch.argsort(cols[by_value], stable=True)]
 
 
 def _is_pass(rank) -> bool:

@@ -109,8 +109,7 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
     for value, recs in by_value.items():
         changed = [r for r in recs if r.get("differs")]
         n_null = len(changed) - 1
-        own = {r["feature"]: own_readback(r["feature"], r["readback_ids"], r["readback_vals"]) for r in changed}
-        above, equal, chance = _group_counts(changed, own) if n_null >= 1 else ({}, {}, None)
+        own, above, equal, chance = _group_counts(changed) if n_null >= 1 else ({}, {}, {}, None)
         for r in recs:
             f = r["feature"]
             if f not in own or n_null < 1:
@@ -126,10 +125,10 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
     return out
 
 
-def _group_counts(changed: list[dict], own: dict[int, float]) -> tuple[dict, dict, float]:
-    """For the changed texts of one value (text ``j`` is feature ``j``'s; ``own``: each feature's readback on
-    its own text): per feature, how many *other* texts read it above / equal to its own readback (among the
-    stored entries), and the chance of a pass per text (``chance.chance_passes`` of the square matrix)."""
+def _group_counts(changed: list[dict]) -> tuple[dict, dict, dict, float]:
+    """For the changed texts of one value (text ``j`` is feature ``j``'s): per feature, its readback on its own
+    text (``own_readback``) and how many *other* texts read it above / equal to that (among the stored
+    entries); and the chance of a pass per text (``chance.chance_passes`` of the square matrix)."""
     m = len(changed)
     feats = [r["feature"] for r in changed]
     lengths = torch.tensor([len(r["readback_ids"]) for r in changed], dtype=torch.long)
@@ -144,12 +143,14 @@ def _group_counts(changed: list[dict], own: dict[int, float]) -> tuple[dict, dic
     cols = column[ids]
     held = cols >= 0                                   # entries of swept features: a square [text, feature] matrix
     rows, cols, vals = rows[held], cols[held], vals[held]
-    ref = torch.tensor([own[f] for f in feats], dtype=torch.float64)[cols]
     other = rows != cols
+    own = torch.zeros(m, dtype=torch.float64)
+    own[cols[~other]] = vals[~other]                   # each text's entry for its own feature (0: not stored)
+    ref = own[cols]
     above = torch.bincount(cols[other & (vals > ref)], minlength=m).tolist()
     equal = torch.bincount(cols[other & (vals == ref)], minlength=m).tolist()
     chance = chance_passes(rows, cols, vals, m) / (m * (m - 1))
-    return dict(zip(feats, above)), dict(zip(feats, equal)), chance
+    return dict(zip(feats, own.tolist())), dict(zip(feats, above)), dict(zip(feats, equal)), chance
 
 
 def top_fraction(rank: float | None, fraction: float = 0.05) -> bool:

@@ -4,8 +4,9 @@
 
 Writes a saesteer sweep folder (manifest, results.jsonl with texts of ``--words`` words and readback vectors
 of ``--readback`` latents, facts with 8 firing words per feature), then prints the time of: opening it in the
-browser (index build + ranks), ``rank.annotate_folder`` alone (what ``saesteer top`` does), one recompute of
-the ranks into the index, and the first page by steer. Uses a temporary folder unless ``--dir`` is given.
+browser (index build, and ranks: before serving up to ``RANK_WAIT_BYTES``, else in the background, waited
+for), ``rank.annotate_folder`` alone (what ``saesteer top`` does), one recompute of the ranks into the
+index, and the first page by steer. Uses a temporary folder unless ``--dir`` is given.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def main() -> None:
     if not (folder / st.RESULTS).exists():
         timed(f"write {a.features * a.values:,} rows", lambda: write(folder, a.features, a.values, a.words, a.readback))
     print(f"results.jsonl: {(folder / st.RESULTS).stat().st_size / 1e6:.0f} MB")
-    rf = timed("open in the browser (index + ranks)", lambda: ResultsFolder(folder, "bench"))
+    rf = timed("open in the browser (index; ranks before serving if small)", lambda: ResultsFolder(folder, "bench"))
+    if rf.ranker is not None:  # a large folder is ranked in the background
+        timed("...its ranks in the background", rf.ranker.join)
     timed("rank.annotate_folder alone (saesteer top's work)", lambda: annotate_folder(folder))
     names, rows = timed("folder_ranks (annotate_folder + the columns)", lambda: folder_ranks(folder))
     timed("write them into the index (one transaction)", lambda: rf.db.set_ranks(names, rows, "bench"))

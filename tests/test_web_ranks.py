@@ -111,6 +111,21 @@ def test_a_running_sweep_gets_its_ranks_again_in_the_background(sweep_dir, tmp_p
     folder.close()
 
 
+def test_a_folder_too_large_to_rank_in_the_server_is_browsed_without_ranks(sweep_dir, tmp_path, monkeypatch):
+    big = tmp_path / "big"
+    big.mkdir()
+    for name in (st.MANIFEST, st.RESULTS):
+        (big / name).write_bytes((sweep_dir / name).read_bytes())
+    folder = ResultsFolder(big, "big")
+    assert "steer" in folder.metrics and folder.default_sort() == "steer"
+    folder.close()
+    monkeypatch.setattr(results_index, "RANK_MAX_ROWS", 23)
+    folder = ResultsFolder(big, "big")  # grown past the limit: its old ranks are cleared, none computed
+    assert folder.default_sort() == "score" and "steer" not in folder.metrics
+    assert all(r.metrics["steer"] is None for r in folder.search(limit=None)[1])
+    folder.close()
+
+
 def test_a_folder_top_cannot_rank_is_browsed_without_ranks(tmp_path):
     folder_path = tmp_path / "plain"
     folder_path.mkdir()

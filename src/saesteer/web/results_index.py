@@ -42,6 +42,13 @@ RANK_INTERVAL_S = 60.0
 RANK_WAIT_BYTES = 64 << 20
 """A folder whose indexed ``results.jsonl`` is at most this large is ranked before it is served (seconds);
 a larger one in the background (a 694 MB one with readback vectors takes minutes: docs/sweeps.md)."""
+RANK_MAX_ROWS = 131_072
+"""A folder with more rows is browsed without ranks: computing them holds about 0.1 MB of memory per row
+(docs/sweeps.md), too much for a server beside a model; ``saesteer top`` ranks such a sweep."""
+TOO_LARGE = "too many rows"
+"""The ranks stamp of an index whose folder has more than ``RANK_MAX_ROWS`` rows."""
+_RANKING = threading.Lock()
+"""One folder's ranks computed at a time in a process (a large sweep's take gigabytes of memory)."""
 RANK_SHARE = 0.1
 """...and at most this share of the time: after a recompute that took ``t`` seconds, the next waits at least
 ``t / RANK_SHARE`` (a 100k-row sweep with readback vectors takes a minute or more)."""
@@ -176,6 +183,10 @@ class ResultsFolder:
         """Compute the ranks again where the folder changed since: now with ``wait``, else in the background
         (at once for an index without ranks, else after ``RANK_INTERVAL_S`` and ``RANK_SHARE``)."""
         stamp, held = self._rank_stamp(), self.db.ranks_stamp()
+        if self.db.count() > RANK_MAX_ROWS:  # once: ranks of a smaller past cleared, none computed
+            if held != TOO_LARGE and self.ranker is None:
+                self._clear_ranks()
+            return
         if self.ranker is not None or stamp == held or (id(self.db), stamp) == self._tried:
             return
         wait_s = max(RANK_INTERVAL_S, self._rank_cost / RANK_SHARE)
@@ -189,11 +200,18 @@ class ResultsFolder:
         self.ranker = threading.Thread(target=self._rank, args=args, daemon=True, name=f"ranks of {self.label}")
         self.ranker.start()
 
+    def _clear_ranks(self) -> None:
+        try:
+            self.db.set_ranks([n for n in RANK_FIELDS if n in self.db.metric_names()], [], TOO_LARGE)
+        except sqlite3.Error:
+            pass
+
     def _rank(self, db: ResultsDB, stamp: str, known: list[str]) -> None:
         """Compute the folder's ranks (outside the lock) and write them into ``db`` if it is still the index."""
         t0 = time.monotonic()
         try:
-            names, rows = folder_ranks(self.path, known)
+            with _RANKING:
+                names, rows = folder_ranks(self.path, known)
             self._rank_cost = time.monotonic() - t0
             with self._lock:
                 if db is self.db:
@@ -237,8 +255,11 @@ class ResultsFolder:
     # ----------------------------------------------------------------- queries
     @property
     def metrics(self) -> list[str]:
-        """Metric names, ``steer`` and ``score`` first, then in order of first appearance."""
+        """Metric names, ``steer`` and ``score`` first, then in order of first appearance (no ranks where the
+        folder has too many rows)."""
         names = self.db.metric_names()
+        if self.db.ranks_stamp() == TOO_LARGE:
+            names = [n for n in names if n not in RANK_FIELDS]
         first = [n for n in ("steer", "score") if n in names]
         return first + [n for n in names if n not in first]
 

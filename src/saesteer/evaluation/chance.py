@@ -56,6 +56,27 @@ def chance_passes(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, m:
     return int(((rank >= 1.0 - fraction) & (r != c)).sum())
 
 
+def own_ranks(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, m: int) -> tuple[list, list, float]:
+    """For a square ``[texts, features]`` matrix of ``m >= 2`` changed texts (text ``j`` belongs to feature
+    ``j``) given by its stored non-negative entries (every other entry is 0): per feature, the mid-rank of its
+    own text's entry among its entries on the other ``m - 1`` texts and the one-sided p-value
+    ``(greater + equal / 2 + 1) / m``; and the chance of a pass per text (:func:`chance_passes` per pair).
+    Both ranks, the readback's and the firing words', are this of their matrix."""
+    n_null = m - 1
+    vals = vals.double()
+    own = torch.zeros(m, dtype=torch.float64)
+    mine = rows == cols
+    own[cols[mine]] = vals[mine]
+    other_cols, other_vals = cols[~mine], vals[~mine]
+    above = torch.bincount(other_cols[other_vals > own[other_cols]], minlength=m).double()
+    equal = torch.bincount(other_cols[other_vals == own[other_cols]], minlength=m).double()
+    equal = torch.where(own == 0, n_null - above, equal)   # texts without the entry tie with an own 0
+    below = n_null - above - equal
+    ranks = ((below + 0.5 * equal) / n_null).tolist()
+    ps = ((above + 0.5 * equal + 1) / (n_null + 1)).tolist()
+    return ranks, ps, chance_passes(rows, cols, vals, m) / (m * n_null)
+
+
 def _by_column_then_value(cols: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
     """The order of the entries by column, then by value: one sort of a combined integer key where the values
     are small non-negative integers (word counts), else a stable sort by value, then by column."""

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from saesteer.evaluation.activations import hook_activations
-from saesteer.evaluation.chance import chance_passes
+from saesteer.evaluation.chance import own_ranks
 
 DIGITS = 6
 """Significant digits of stored readback values (the own value is read from the same rounded vector)."""
@@ -109,26 +109,19 @@ def readback_ranks(records: Iterable[dict]) -> dict[tuple[int, float], dict]:
     for value, recs in by_value.items():
         changed = [r for r in recs if r.get("differs")]
         n_null = len(changed) - 1
-        own, above, equal, chance = _group_counts(changed) if n_null >= 1 else ({}, {}, {}, None)
+        ranked, chance = _group_ranks(changed) if n_null >= 1 else ({}, None)
         for r in recs:
             f = r["feature"]
-            if f not in own or n_null < 1:
-                out[(f, value)] = {"readback_rank": None, "readback_p": None, "readback_null": max(n_null, 0),
-                                   "readback_chance": None}
-                continue
-            a, e = above[f], equal[f]
-            if own[f] == 0:  # stored values are positive: every text that does not hold f ties with it at 0
-                e = n_null - a
-            below = n_null - a - e
-            out[(f, value)] = {"readback_rank": (below + 0.5 * e) / n_null, "readback_p": (a + 0.5 * e + 1) / (n_null + 1),
-                               "readback_null": n_null, "readback_chance": chance}
+            rank, p = ranked.get(f, (None, None))
+            out[(f, value)] = {"readback_rank": rank, "readback_p": p, "readback_null": max(n_null, 0),
+                               "readback_chance": chance if rank is not None else None}
     return out
 
 
-def _group_counts(changed: list[dict]) -> tuple[dict, dict, dict, float]:
-    """For the changed texts of one value (text ``j`` is feature ``j``'s): per feature, its readback on its own
-    text (``own_readback``) and how many *other* texts read it above / equal to that (among the stored
-    entries); and the chance of a pass per text (``chance.chance_passes`` of the square matrix)."""
+def _group_ranks(changed: list[dict]) -> tuple[dict[int, tuple[float, float]], float]:
+    """For the changed texts of one value (text ``j`` is feature ``j``'s): per feature, the rank and p-value
+    of its readback on its own text among the other texts, and the chance of a pass per text
+    (``chance.own_ranks`` of the square [text, feature] matrix of the stored vectors)."""
     m = len(changed)
     feats = [r["feature"] for r in changed]
     lengths = torch.tensor([len(r["readback_ids"]) for r in changed], dtype=torch.long)
@@ -142,15 +135,8 @@ def _group_counts(changed: list[dict]) -> tuple[dict, dict, dict, float]:
     column[torch.tensor(feats, dtype=torch.long)] = torch.arange(m)
     cols = column[ids]
     held = cols >= 0                                   # entries of swept features: a square [text, feature] matrix
-    rows, cols, vals = rows[held], cols[held], vals[held]
-    other = rows != cols
-    own = torch.zeros(m, dtype=torch.float64)
-    own[cols[~other]] = vals[~other]                   # each text's entry for its own feature (0: not stored)
-    ref = own[cols]
-    above = torch.bincount(cols[other & (vals > ref)], minlength=m).tolist()
-    equal = torch.bincount(cols[other & (vals == ref)], minlength=m).tolist()
-    chance = chance_passes(rows, cols, vals, m) / (m * (m - 1))
-    return dict(zip(feats, own.tolist())), dict(zip(feats, above)), dict(zip(feats, equal)), chance
+    ranks, ps, chance = own_ranks(rows[held], cols[held], vals[held], m)
+    return dict(zip(feats, zip(ranks, ps))), chance
 
 
 def top_fraction(rank: float | None, fraction: float = 0.05) -> bool:

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from saesteer.evaluation.chance import chance_passes
+from saesteer.evaluation.chance import own_ranks
 from saesteer.evaluation.text_metrics import words
 
 
@@ -58,23 +58,10 @@ def word_counts(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) -> 
 def _group_ranks(texts: Sequence[str], firing_words: Sequence[Sequence[str]]) -> tuple[list, list, float]:
     """For ``m`` changed texts, text ``j`` being feature ``j``'s (``firing_words[j]``): per ``j``, the rank and
     p-value of its own count among its counts in the other ``m - 1`` texts; and the group's chance of a pass
-    per text (``chance.chance_passes`` over the ``m x (m - 1)`` pairs)."""
-    m = len(texts)
-    n_null = m - 1
+    per text (``chance.own_ranks`` of the texts' firing-word counts)."""
     h = word_counts(texts, firing_words)
     rows, cols = h.indices()
-    vals = h.values().round()
-    own = torch.zeros(m, dtype=torch.float64)
-    mine = rows == cols
-    own[cols[mine]] = vals[mine]
-    other_cols, other_vals = cols[~mine], vals[~mine]
-    above = torch.bincount(other_cols[other_vals > own[other_cols]], minlength=m).double()
-    equal = torch.bincount(other_cols[other_vals == own[other_cols]], minlength=m).double()
-    equal = torch.where(own == 0, n_null - above, equal)   # texts without the words tie with a count of 0
-    below = n_null - above - equal
-    ranks = ((below + 0.5 * equal) / n_null).tolist()
-    ps = ((above + 0.5 * equal + 1) / (n_null + 1)).tolist()
-    return ranks, ps, chance_passes(rows, cols, vals, m) / (m * n_null)
+    return own_ranks(rows, cols, h.values().round(), len(texts))
 
 
 def word_ranks(records: Iterable[dict], firing_words: Sequence[Sequence[str]]) -> dict[tuple[int, float], dict]:
